@@ -1,0 +1,6 @@
+//! tern's mail protocols as pure, deterministic state machines.
+#![deny(missing_docs)]
+
+pub mod address;
+pub mod command;
+pub mod data;

@@ -1,0 +1,1 @@
+//! Host services shared by every runtime: config, accounts, Maildir, TLS, log.

@@ -1,0 +1,1 @@
+//! The blocking runtime: a thread per connection.

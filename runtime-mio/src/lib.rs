@@ -1,0 +1,1 @@
+//! The mio runtime (not built yet).

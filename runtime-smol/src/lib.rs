@@ -1,0 +1,1 @@
+//! The smol runtime (not built yet).
