@@ -4,3 +4,5 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod net;
+pub mod policy;
