@@ -6,3 +6,7 @@ pub mod command;
 pub mod data;
 pub mod net;
 pub mod policy;
+pub mod recipient;
+pub mod reply;
+pub mod sasl;
+pub mod server;
