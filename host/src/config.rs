@@ -318,7 +318,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let located = |span: std::ops::Range<usize>, message: String| {
         let (line, column) = line_column(text, span.start);
-        ConfigError { file: path.to_path_buf(), line, column, message }
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
     };
 
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
@@ -371,7 +376,10 @@ pub fn embedded_default(data_dir: &Path) -> Config {
             ..AccountsConfig::default()
         },
         mailbox: MailboxConfig {
-            path: data_dir.join("mail/%n/Maildir").to_string_lossy().into_owned(),
+            path: data_dir
+                .join("mail/%n/Maildir")
+                .to_string_lossy()
+                .into_owned(),
             ..MailboxConfig::default()
         },
         aliases: Vec::new(),
@@ -441,7 +449,10 @@ impl Default for AccountsConfig {
 
 impl Default for MailboxConfig {
     fn default() -> Self {
-        Self { path: "~/Maildir".to_owned(), recipient_delimiter: "+".to_owned() }
+        Self {
+            path: "~/Maildir".to_owned(),
+            recipient_delimiter: "+".to_owned(),
+        }
     }
 }
 
@@ -508,9 +519,28 @@ macro_rules! config_names {
     };
 }
 
-config_names!(RuntimeKind, "runtime", Blocking = "blocking", Smol = "smol", Mio = "mio");
-config_names!(RelayTls, "relay_tls", None = "none", May = "may", Encrypt = "encrypt", Verify = "verify");
-config_names!(Protocol, "protocol", Smtp = "smtp", Lmtp = "lmtp", DovecotAuth = "dovecot-auth");
+config_names!(
+    RuntimeKind,
+    "runtime",
+    Blocking = "blocking",
+    Smol = "smol",
+    Mio = "mio"
+);
+config_names!(
+    RelayTls,
+    "relay_tls",
+    None = "none",
+    May = "may",
+    Encrypt = "encrypt",
+    Verify = "verify"
+);
+config_names!(
+    Protocol,
+    "protocol",
+    Smtp = "smtp",
+    Lmtp = "lmtp",
+    DovecotAuth = "dovecot-auth"
+);
 config_names!(
     ListenerTls,
     "tls mode",
@@ -519,7 +549,13 @@ config_names!(
     Encrypt = "encrypt",
     Implicit = "implicit"
 );
-config_names!(ListenerAuth, "auth mode", None = "none", Optional = "optional", Required = "required");
+config_names!(
+    ListenerAuth,
+    "auth mode",
+    None = "none",
+    Optional = "optional",
+    Required = "required"
+);
 
 impl FromStr for LocalDelivery {
     type Err = String;
@@ -545,7 +581,10 @@ impl FromStr for LocalDelivery {
         let hostport = s.strip_prefix("lmtp:inet:").ok_or_else(bad)?;
         let (host, port) = raw::split_host_port(hostport).ok_or_else(bad)?;
         let port = port.ok_or_else(|| format!("`{s}` needs a port: \"lmtp:inet:host:port\""))?;
-        Ok(LocalDelivery::Lmtp(LmtpTarget::Inet { host: host.to_owned(), port }))
+        Ok(LocalDelivery::Lmtp(LmtpTarget::Inet {
+            host: host.to_owned(),
+            port,
+        }))
     }
 }
 
@@ -571,7 +610,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);
     if number.is_empty() {
-        return Err(format!("`{s}` is not a duration: write a number and a unit, such as \"300s\""));
+        return Err(format!(
+            "`{s}` is not a duration: write a number and a unit, such as \"300s\""
+        ));
     }
     let millis_per_unit: u64 = match unit {
         "ms" => 1,
@@ -579,8 +620,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60 * 1000,
         "h" => 60 * 60 * 1000,
         "d" => 24 * 60 * 60 * 1000,
-        "" => return Err(format!("duration `{s}` has no unit: write \"{s}s\" (units ms, s, m, h, d)")),
-        _ => return Err(format!("duration `{s}` has an unknown unit `{unit}`: use ms, s, m, h or d")),
+        "" => {
+            return Err(format!(
+                "duration `{s}` has no unit: write \"{s}s\" (units ms, s, m, h, d)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "duration `{s}` has an unknown unit `{unit}`: use ms, s, m, h or d"
+            ));
+        }
     };
     number
         .parse::<u64>()
@@ -594,8 +643,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// lies below a millisecond is dropped.
 pub fn format_duration(d: Duration) -> String {
     let millis = d.as_millis();
-    let units: [(u128, &str); 4] =
-        [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
+    let units: [(u128, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
     if millis == 0 {
         return "0s".to_owned();
     }

@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::raw::{RawAccounts, RawConfig, RawDelivery, RawLimits, RawListener, RawMailbox};
 use super::{
-    AccountsConfig, Alias, Bind, Config, DeliveryConfig, Limits, ListenerAuth, ListenerTls,
-    Listener, LogTarget, MailboxConfig, Protocol, TlsFiles,
+    AccountsConfig, Alias, Bind, Config, DeliveryConfig, Limits, Listener, ListenerAuth,
+    ListenerTls, LogTarget, MailboxConfig, Protocol, TlsFiles,
 };
 
 pub(super) const DEFAULT_SYSLOG_NAME: &str = "tern";
@@ -47,8 +47,7 @@ pub(super) fn default_trusted_networks() -> Vec<IpNet> {
 pub(super) fn build(raw: RawConfig, system_hostname: &str) -> Result<Config, Located> {
     let hostname = match raw.hostname {
         Some(name) => {
-            check_domain_name(name.as_ref(), "hostname")
-                .map_err(|message| at(&name, message))?;
+            check_domain_name(name.as_ref(), "hostname").map_err(|message| at(&name, message))?;
             name.into_inner()
         }
         None => system_hostname.to_owned(),
@@ -59,7 +58,10 @@ pub(super) fn build(raw: RawConfig, system_hostname: &str) -> Result<Config, Loc
     };
     let syslog_name = match raw.syslog_name {
         Some(name) if name.as_ref().is_empty() || name.as_ref().contains(char::is_whitespace) => {
-            return Err(at(&name, "syslog_name must be a non-empty word without spaces"));
+            return Err(at(
+                &name,
+                "syslog_name must be a non-empty word without spaces",
+            ));
         }
         Some(name) => name.into_inner(),
         None => DEFAULT_SYSLOG_NAME.to_owned(),
@@ -83,7 +85,9 @@ pub(super) fn build(raw: RawConfig, system_hostname: &str) -> Result<Config, Loc
             None => default_trusted_networks(),
         },
         runtime: raw.runtime.map(|r| r.0).unwrap_or_default(),
-        data_dir: raw.data_dir.map_or_else(|| PathBuf::from("/var/lib/tern"), |d| d.0),
+        data_dir: raw
+            .data_dir
+            .map_or_else(|| PathBuf::from("/var/lib/tern"), |d| d.0),
         log,
         syslog_name,
         tls,
@@ -123,8 +127,9 @@ fn build_accounts(raw: RawAccounts) -> Result<AccountsConfig, Located> {
     match &raw.dovecot_auth {
         Some(auth) if file.is_none() && dovecot_userdb.is_none() => {
             return Err(at(
-            auth,
-                "dovecot_auth needs dovecot_userdb or file too, to know the local users at RCPT time",
+                auth,
+                "dovecot_auth needs dovecot_userdb or file too, to know the local users at \
+                 RCPT time",
             ));
         }
         _ => {}
@@ -153,31 +158,44 @@ fn build_mailbox(raw: RawMailbox) -> Result<MailboxConfig, Located> {
     };
     let recipient_delimiter = match raw.recipient_delimiter {
         Some(delim) if delim.as_ref().contains(['@', '%', '!', ' ']) => {
-            return Err(at(&delim, "recipient_delimiter may not contain `@`, `%`, `!` or a space"));
+            return Err(at(
+                &delim,
+                "recipient_delimiter may not contain `@`, `%`, `!` or a space",
+            ));
         }
         Some(delim) => delim.into_inner(),
         None => defaults.recipient_delimiter,
     };
-    Ok(MailboxConfig { path, recipient_delimiter })
+    Ok(MailboxConfig {
+        path,
+        recipient_delimiter,
+    })
 }
 
-fn build_aliases(
-    raw: Vec<(Spanned<String>, Spanned<Vec<String>>)>,
-) -> Result<Vec<Alias>, Located> {
+fn build_aliases(raw: Vec<(Spanned<String>, Spanned<Vec<String>>)>) -> Result<Vec<Alias>, Located> {
     let mut seen = HashSet::new();
     let mut aliases = Vec::new();
     for (name, targets) in raw {
         check_address(name.as_ref()).map_err(|message| at(&name, message))?;
         if !seen.insert(name.as_ref().to_ascii_lowercase()) {
-            return Err(at(&name, format!("alias `{}` is given twice", name.as_ref())));
+            return Err(at(
+                &name,
+                format!("alias `{}` is given twice", name.as_ref()),
+            ));
         }
         if targets.as_ref().is_empty() {
-            return Err(at(&targets, format!("alias `{}` has no target", name.as_ref())));
+            return Err(at(
+                &targets,
+                format!("alias `{}` has no target", name.as_ref()),
+            ));
         }
         for target in targets.as_ref() {
             check_address(target).map_err(|message| at(&targets, message))?;
         }
-        aliases.push(Alias { name: name.into_inner(), targets: targets.into_inner() });
+        aliases.push(Alias {
+            name: name.into_inner(),
+            targets: targets.into_inner(),
+        });
     }
     Ok(aliases)
 }
@@ -247,18 +265,30 @@ fn build_listener(
 ) -> Result<Listener, Located> {
     let name = raw.name;
     let valid_name = !name.as_ref().is_empty()
-        && name.as_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name
+            .as_ref()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid_name {
-        return Err(at(&name, "a listener name may contain only letters, digits, `-`, `_` and `.`"));
+        return Err(at(
+            &name,
+            "a listener name may contain only letters, digits, `-`, `_` and `.`",
+        ));
     }
     if !names.insert(name.as_ref().clone()) {
-        return Err(at(&name, format!("a listener named `{}` is already defined", name.as_ref())));
+        return Err(at(
+            &name,
+            format!("a listener named `{}` is already defined", name.as_ref()),
+        ));
     }
     let protocol = raw.protocol.0;
 
     let bind = match (raw.address, raw.path) {
         (Some(_), Some(path)) => {
-            return Err(at(&path, "`address` and `path` are mutually exclusive; give one"));
+            return Err(at(
+                &path,
+                "`address` and `path` are mutually exclusive; give one",
+            ));
         }
         (None, None) => {
             return Err(Located {
@@ -300,7 +330,9 @@ fn build_listener(
     };
 
     let auth = match raw.auth {
-        Some(auth) if protocol == Protocol::DovecotAuth && auth.as_ref().0 != ListenerAuth::None => {
+        Some(auth)
+            if protocol == Protocol::DovecotAuth && auth.as_ref().0 != ListenerAuth::None =>
+        {
             return Err(at(
                 &auth,
                 "`auth` has no meaning on a dovecot-auth listener: it answers the auth \
@@ -347,12 +379,18 @@ fn check_listener_tls(
         return Ok(());
     }
     if protocol == Protocol::DovecotAuth {
-        return Err(at(tls, "the dovecot-auth protocol has no TLS; use tls = \"none\""));
+        return Err(at(
+            tls,
+            "the dovecot-auth protocol has no TLS; use tls = \"none\"",
+        ));
     }
     if mode == ListenerTls::Implicit
         && !(protocol == Protocol::Smtp && matches!(bind, Bind::Tcp(_)))
     {
-        return Err(at(tls, "tls = \"implicit\" is only for smtp listeners on a TCP `address`"));
+        return Err(at(
+            tls,
+            "tls = \"implicit\" is only for smtp listeners on a TCP `address`",
+        ));
     }
     if !have_tls {
         return Err(at(
@@ -406,7 +444,11 @@ fn check_domain_name(name: &str, what: &str) -> Result<(), String> {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
-    if valid { Ok(()) } else { Err(format!("`{name}` is not a valid {what}")) }
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a valid {what}"))
+    }
 }
 
 /// An alias name or target: a local part or `local@domain`, no spaces or control bytes.
@@ -415,8 +457,14 @@ fn check_address(address: &str) -> Result<(), String> {
         && !address.starts_with('@')
         && !address.ends_with('@')
         && address.matches('@').count() <= 1
-        && !address.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,".contains(c));
-    if valid { Ok(()) } else { Err(format!("`{address}` is not an address or local part")) }
+        && !address
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>,".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{address}` is not an address or local part"))
+    }
 }
 
 /// `%` expansions: `%u %n %d`, each optionally lowercased with `L`, and `%%`.
@@ -424,9 +472,7 @@ fn check_expansions(text: &str, what: &str) -> Result<(), String> {
     let mut rest = text;
     while let Some(i) = rest.find('%') {
         let after = &rest[i + 1..];
-        let len = if after.starts_with('%') {
-            1
-        } else if after.starts_with(['u', 'n', 'd']) {
+        let len = if after.starts_with(['%', 'u', 'n', 'd']) {
             1
         } else if after.starts_with("Lu") || after.starts_with("Ln") || after.starts_with("Ld") {
             2
@@ -443,9 +489,15 @@ fn check_expansions(text: &str, what: &str) -> Result<(), String> {
 
 fn dedup(items: Vec<String>) -> Vec<String> {
     let mut seen = HashSet::new();
-    items.into_iter().filter(|item| seen.insert(item.clone())).collect()
+    items
+        .into_iter()
+        .filter(|item| seen.insert(item.clone()))
+        .collect()
 }
 
 fn at<T>(value: &Spanned<T>, message: impl Into<String>) -> Located {
-    Located { span: value.span(), message: message.into() }
+    Located {
+        span: value.span(),
+        message: message.into(),
+    }
 }

@@ -122,7 +122,10 @@ pub(super) trait ConfigValue: Sized {
     fn from_config_str(s: &str) -> Result<Self, String>;
 
     fn from_config_int(n: i64) -> Result<Self, String> {
-        Err(format!("expected {}, found the number {n}", Self::EXPECTING))
+        Err(format!(
+            "expected {}, found the number {n}",
+            Self::EXPECTING
+        ))
     }
 }
 
@@ -150,7 +153,9 @@ pub(super) fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
         }
     };
     let valid_host = !host.is_empty()
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
     if !valid_host {
         return None;
     }
@@ -276,7 +281,8 @@ impl ConfigValue for IpNet {
     const EXPECTING: &'static str = "a network such as \"192.0.2.0/24\"";
 
     fn from_config_str(s: &str) -> Result<Self, String> {
-        s.parse().map_err(|e| format!("`{s}` is not a network: {e}"))
+        s.parse()
+            .map_err(|e| format!("`{s}` is not a network: {e}"))
     }
 }
 
@@ -293,7 +299,10 @@ impl ConfigValue for SocketAddr {
 
     fn from_config_str(s: &str) -> Result<Self, String> {
         s.parse().map_err(|_| {
-            format!("`{s}` is not a socket address: write \"IP:port\", such as \"0.0.0.0:25\" or \"[::]:25\"")
+            format!(
+                "`{s}` is not a socket address: write \"IP:port\", such as \"0.0.0.0:25\" \
+                 or \"[::]:25\""
+            )
         })
     }
 }

@@ -161,7 +161,10 @@ fn spec_example_parses() {
 
     assert_eq!(config.hostname, "mail.example.net");
     assert_eq!(config.domains, ["example.net"]);
-    assert_eq!(config.trusted_networks, [net("127.0.0.0/8"), net("::1/128")]);
+    assert_eq!(
+        config.trusted_networks,
+        [net("127.0.0.0/8"), net("::1/128")]
+    );
     assert_eq!(config.runtime, RuntimeKind::Smol);
     assert_eq!(config.data_dir, Path::new("/var/lib/tern"));
     assert_eq!(config.log, LogTarget::Stderr);
@@ -187,7 +190,10 @@ fn spec_example_parses() {
     assert_eq!(
         config.aliases,
         [
-            Alias { name: "postmaster".into(), targets: vec!["alice".into()] },
+            Alias {
+                name: "postmaster".into(),
+                targets: vec!["alice".into()]
+            },
             Alias {
                 name: "sales@example.net".into(),
                 targets: vec!["bob@example.net".into(), "carol@example.org".into()],
@@ -229,7 +235,10 @@ fn empty_file_gives_every_default() {
         domains.push("localhost".into());
     }
     assert_eq!(config.domains, domains);
-    assert_eq!(config.trusted_networks, [net("127.0.0.0/8"), net("::1/128")]);
+    assert_eq!(
+        config.trusted_networks,
+        [net("127.0.0.0/8"), net("::1/128")]
+    );
     assert_eq!(config.runtime, RuntimeKind::Smol);
     assert_eq!(config.data_dir, Path::new("/var/lib/tern"));
     assert_eq!(config.log, LogTarget::Stderr);
@@ -294,7 +303,12 @@ fn listener_defaults_depend_on_the_protocol() {
     assert_eq!(smtp.restrictions, smtp_defaults());
     assert_eq!(smtp.record_sessions, None);
 
-    let unix = |path: &str| Bind::Unix { path: path.into(), mode: 0o600, user: None, group: None };
+    let unix = |path: &str| Bind::Unix {
+        path: path.into(),
+        mode: 0o600,
+        user: None,
+        group: None,
+    };
     assert_eq!(lmtp.bind, unix("lmtp.sock"));
     assert_eq!(lmtp.tls, ListenerTls::None);
     assert_eq!(lmtp.auth, ListenerAuth::None);
@@ -320,8 +334,14 @@ fn everything_set_is_kept() {
     assert_eq!(config.data_dir, Path::new("data"));
     assert_eq!(config.log, LogTarget::File("/var/log/tern.log".into()));
     assert_eq!(config.syslog_name, "postfix-tern");
-    assert_eq!(config.accounts.dovecot_auth, Some("/run/dovecot/auth-client".into()));
-    assert_eq!(config.accounts.dovecot_userdb, Some("/run/dovecot/auth-userdb".into()));
+    assert_eq!(
+        config.accounts.dovecot_auth,
+        Some("/run/dovecot/auth-client".into())
+    );
+    assert_eq!(
+        config.accounts.dovecot_userdb,
+        Some("/run/dovecot/auth-userdb".into())
+    );
     assert_eq!(config.mailbox.recipient_delimiter, "");
 
     // File order, not sorted; a one-element array and a string mean the same.
@@ -332,9 +352,15 @@ fn everything_set_is_kept() {
     let delivery = &config.delivery;
     assert_eq!(
         delivery.local,
-        LocalDelivery::Lmtp(LmtpTarget::Inet { host: "::1".into(), port: 24 })
+        LocalDelivery::Lmtp(LmtpTarget::Inet {
+            host: "::1".into(),
+            port: 24
+        })
     );
-    assert_eq!(delivery.relay_host.as_deref(), Some("[smtp.example.net]:587"));
+    assert_eq!(
+        delivery.relay_host.as_deref(),
+        Some("[smtp.example.net]:587")
+    );
     assert_eq!(delivery.relay_tls, RelayTls::Verify);
     assert_eq!(delivery.dns_servers, ["192.0.2.53", "[2001:db8::53]:5353"]);
     assert_eq!(delivery.queue_lifetime, Duration::from_secs(36 * 3600));
@@ -357,7 +383,11 @@ fn everything_set_is_kept() {
     assert_eq!(lmtp.record_sessions, Some("/var/lib/tern/replay".into()));
     assert_eq!(
         config.listeners[1].restrictions,
-        [Restriction::PermitSaslAuthenticated, Restriction::RejectSenderLoginMismatch, Restriction::Reject]
+        [
+            Restriction::PermitSaslAuthenticated,
+            Restriction::RejectSenderLoginMismatch,
+            Restriction::Reject
+        ]
     );
 }
 
@@ -389,15 +419,43 @@ fn to_toml_writes_every_default_in_spec_order() {
     assert_eq!(
         keys,
         [
-            "hostname", "domains", "trusted_networks", "runtime", "data_dir", "log",
-            "syslog_name", "username_format", "path", "recipient_delimiter", "local",
-            "relay_host", "relay_tls", "dns_servers", "queue_lifetime", "message_size",
-            "recipients", "command_timeout", "data_timeout", "errors", "auth_failures",
-            "auth_failure_delay", "connections", "connections_per_ip",
+            "hostname",
+            "domains",
+            "trusted_networks",
+            "runtime",
+            "data_dir",
+            "log",
+            "syslog_name",
+            "username_format",
+            "path",
+            "recipient_delimiter",
+            "local",
+            "relay_host",
+            "relay_tls",
+            "dns_servers",
+            "queue_lifetime",
+            "message_size",
+            "recipients",
+            "command_timeout",
+            "data_timeout",
+            "errors",
+            "auth_failures",
+            "auth_failure_delay",
+            "connections",
+            "connections_per_ip",
         ]
     );
     let headers: Vec<&str> = text.lines().filter(|l| l.starts_with('[')).collect();
-    assert_eq!(headers, ["[accounts]", "[mailbox]", "[aliases]", "[delivery]", "[limits]"]);
+    assert_eq!(
+        headers,
+        [
+            "[accounts]",
+            "[mailbox]",
+            "[aliases]",
+            "[delivery]",
+            "[limits]"
+        ]
+    );
     assert!(text.contains("queue_lifetime = \"5d\"\n"), "{text}");
     assert!(text.contains("command_timeout = \"5m\"\n"), "{text}");
     assert!(text.contains("auth_failure_delay = \"2s\"\n"), "{text}");
@@ -451,7 +509,8 @@ fn bad_files_are_reported_at_the_key_or_value() {
         ),
         (
             format!(
-                "{listener}address = \"127.0.0.1:25\"\nrestrictions = [\"permit\", \"reject_rbl\"]\n"
+                "{listener}address = \"127.0.0.1:25\"\n\
+                 restrictions = [\"permit\", \"reject_rbl\"]\n"
             ),
             "5:27: unknown restriction `reject_rbl`",
         ),
@@ -475,19 +534,34 @@ fn bad_files_are_reported_at_the_key_or_value() {
             format!("{listener}path = \"s\"\nmode = \"10000\"\n"),
             "5:8: mode `10000` is not an octal mode such as \"0660\"",
         ),
-        ("hostname = 5\n".into(), "1:12: invalid type: integer `5`, expected a string"),
+        (
+            "hostname = 5\n".into(),
+            "1:12: invalid type: integer `5`, expected a string",
+        ),
         (
             "[limits]\nrecipients = \"100\"\n".into(),
             "2:14: invalid type: string \"100\", expected usize",
         ),
-        ("[limits]\nerrors = -1\n".into(), "2:10: invalid value: integer `-1`, expected u32"),
+        (
+            "[limits]\nerrors = -1\n".into(),
+            "2:10: invalid value: integer `-1`, expected u32",
+        ),
         (
             "domains = \"example.net\"\n".into(),
             "1:11: invalid type: string \"example.net\", expected a sequence",
         ),
-        ("hostname = \"a\"\ndomains = [\"x\"\n".into(), "2:15: unclosed array, expected `]`"),
-        ("hostname \"a\"\n".into(), "1:10: key with no value, expected `=`"),
-        ("runtime = \"tokio\"\n".into(), "1:11: unknown runtime `tokio`, expected `blocking`, `smol`, `mio`"),
+        (
+            "hostname = \"a\"\ndomains = [\"x\"\n".into(),
+            "2:15: unclosed array, expected `]`",
+        ),
+        (
+            "hostname \"a\"\n".into(),
+            "1:10: key with no value, expected `=`",
+        ),
+        (
+            "runtime = \"tokio\"\n".into(),
+            "1:11: unknown runtime `tokio`, expected `blocking`, `smol`, `mio`",
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(err(&text), format!("tern.toml:{want}"), "for:\n{text}");
@@ -522,7 +596,10 @@ fn cross_field_errors() {
             "8:7: tls = \"implicit\" is only for smtp listeners on a TCP `address`",
         ),
         (
-            format!("{tls}[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\npath = \"s\"\ntls = \"implicit\"\n"),
+            format!(
+                "{tls}[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\npath = \"s\"\n\
+                 tls = \"implicit\"\n"
+            ),
             "8:7: tls = \"implicit\" is only for smtp listeners on a TCP `address`",
         ),
         (
@@ -566,31 +643,50 @@ fn cross_field_errors() {
             "1:1: missing key `protocol`",
         ),
         (
-            "[[listener]]\nname = \"a\"\nprotocol = \"imap\"\naddress = \"127.0.0.1:25\"\n"
-                .into(),
+            "[[listener]]\nname = \"a\"\nprotocol = \"imap\"\naddress = \"127.0.0.1:25\"\n".into(),
             "3:12: unknown protocol `imap`, expected `smtp`, `lmtp`, `dovecot-auth`",
         ),
         (
-            "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"localhost:25\"\n"
-                .into(),
+            "[[listener]]\nname = \"a\"\nprotocol = \"smtp\"\naddress = \"localhost:25\"\n".into(),
             "4:11: `localhost:25` is not a socket address: write \"IP:port\", such as \
              \"0.0.0.0:25\" or \"[::]:25\"",
         ),
-        ("[tls]\ncertificate = \"c\"\n".into(), "1:1: missing key `private_key`"),
+        (
+            "[tls]\ncertificate = \"c\"\n".into(),
+            "1:1: missing key `private_key`",
+        ),
         (
             "[aliases]\npostmaster = \"alice\"\nPostmaster = \"bob\"\n".into(),
             "3:1: alias `Postmaster` is given twice",
         ),
-        ("[aliases]\nabuse = []\n".into(), "2:9: alias `abuse` has no target"),
+        (
+            "[aliases]\nabuse = []\n".into(),
+            "2:9: alias `abuse` has no target",
+        ),
         (
             "[aliases]\nabuse = [\"bob\", \"a b\"]\n".into(),
             "2:9: `a b` is not an address or local part",
         ),
-        ("[aliases]\nabuse = 1\n".into(), "2:9: invalid type: integer `1`, expected an address or a list of addresses"),
-        ("domains = [\"example..net\"]\n".into(), "1:12: `example..net` is not a valid domain"),
-        ("hostname = \"\"\n".into(), "1:12: `` is not a valid hostname"),
-        ("[limits]\nrecipients = 0\n".into(), "2:14: recipients must be at least 1"),
-        ("[limits]\ncommand_timeout = \"0s\"\n".into(), "2:19: command_timeout may not be zero"),
+        (
+            "[aliases]\nabuse = 1\n".into(),
+            "2:9: invalid type: integer `1`, expected an address or a list of addresses",
+        ),
+        (
+            "domains = [\"example..net\"]\n".into(),
+            "1:12: `example..net` is not a valid domain",
+        ),
+        (
+            "hostname = \"\"\n".into(),
+            "1:12: `` is not a valid hostname",
+        ),
+        (
+            "[limits]\nrecipients = 0\n".into(),
+            "2:14: recipients must be at least 1",
+        ),
+        (
+            "[limits]\ncommand_timeout = \"0s\"\n".into(),
+            "2:19: command_timeout may not be zero",
+        ),
         ("data_dir = \"\"\n".into(), "1:12: a path may not be empty"),
         (
             "[mailbox]\npath = \"/var/vmail/%x/Maildir\"\n".into(),
@@ -623,7 +719,10 @@ fn cross_field_errors() {
 
 #[test]
 fn dovecot_auth_with_a_user_list_is_accepted() {
-    for users in ["file = \"users\"", "dovecot_userdb = \"/run/dovecot/auth-userdb\""] {
+    for users in [
+        "file = \"users\"",
+        "dovecot_userdb = \"/run/dovecot/auth-userdb\"",
+    ] {
         let text = format!("[accounts]\ndovecot_auth = \"/run/dovecot/auth-client\"\n{users}\n");
         assert_eq!(
             ok(&text).accounts.dovecot_auth,
@@ -638,7 +737,10 @@ fn embedded_default_contents() {
 
     assert_eq!(config.hostname, "localhost");
     assert_eq!(config.domains, ["localhost"]);
-    assert_eq!(config.trusted_networks, [net("127.0.0.0/8"), net("::1/128")]);
+    assert_eq!(
+        config.trusted_networks,
+        [net("127.0.0.0/8"), net("::1/128")]
+    );
     assert_eq!(config.runtime, RuntimeKind::Smol);
     assert_eq!(config.data_dir, Path::new("./tern-data"));
     assert_eq!(config.log, LogTarget::Stderr);
@@ -662,7 +764,12 @@ fn embedded_default_contents() {
         .map(|l| (l.name.as_str(), l.protocol, l.bind.clone(), l.tls, l.auth))
         .collect();
     let tcp = |port| Bind::Tcp(SocketAddr::from(([127, 0, 0, 1], port)));
-    let unix = |path: &str| Bind::Unix { path: path.into(), mode: 0o600, user: None, group: None };
+    let unix = |path: &str| Bind::Unix {
+        path: path.into(),
+        mode: 0o600,
+        user: None,
+        group: None,
+    };
     use {ListenerAuth as A, ListenerTls as T, Protocol as P};
     assert_eq!(
         summary,
@@ -670,15 +777,36 @@ fn embedded_default_contents() {
             ("smtp", P::Smtp, tcp(2525), T::May, A::Optional),
             ("submission", P::Smtp, tcp(2587), T::Encrypt, A::Required),
             ("submissions", P::Smtp, tcp(2465), T::Implicit, A::Required),
-            ("lmtp", P::Lmtp, unix("./tern-data/lmtp.sock"), T::None, A::None),
-            ("auth", P::DovecotAuth, unix("./tern-data/auth.sock"), T::None, A::None),
+            (
+                "lmtp",
+                P::Lmtp,
+                unix("./tern-data/lmtp.sock"),
+                T::None,
+                A::None
+            ),
+            (
+                "auth",
+                P::DovecotAuth,
+                unix("./tern-data/auth.sock"),
+                T::None,
+                A::None
+            ),
         ]
     );
     for listener in &config.listeners[..3] {
         assert_eq!(listener.restrictions, smtp_defaults(), "{}", listener.name);
     }
-    assert!(config.listeners[3..].iter().all(|l| l.restrictions.is_empty()));
-    assert!(config.listeners.iter().all(|l| !l.plaintext_auth && l.record_sessions.is_none()));
+    assert!(
+        config.listeners[3..]
+            .iter()
+            .all(|l| l.restrictions.is_empty())
+    );
+    assert!(
+        config
+            .listeners
+            .iter()
+            .all(|l| !l.plaintext_auth && l.record_sessions.is_none())
+    );
 
     let absolute = embedded_default(Path::new("/home/u/tern-data"));
     assert_eq!(absolute.mailbox.path, "/home/u/tern-data/mail/%n/Maildir");
@@ -701,7 +829,18 @@ fn durations() {
         assert_eq!(parse_duration(text), Ok(duration), "{text}");
         assert_eq!(format_duration(duration), written, "{text}");
     }
-    for bad in ["", "5", "s", "5 s", "-5s", "+5s", "5S", "1.5h", "5w", "99999999999999999999d"] {
+    for bad in [
+        "",
+        "5",
+        "s",
+        "5 s",
+        "-5s",
+        "+5s",
+        "5S",
+        "1.5h",
+        "5w",
+        "99999999999999999999d",
+    ] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
@@ -716,18 +855,34 @@ fn local_delivery_strings() {
         ),
         (
             "lmtp:inet:mail.example.net:24",
-            LocalDelivery::Lmtp(LmtpTarget::Inet { host: "mail.example.net".into(), port: 24 }),
+            LocalDelivery::Lmtp(LmtpTarget::Inet {
+                host: "mail.example.net".into(),
+                port: 24,
+            }),
         ),
         (
             "lmtp:inet:[2001:db8::1]:24",
-            LocalDelivery::Lmtp(LmtpTarget::Inet { host: "2001:db8::1".into(), port: 24 }),
+            LocalDelivery::Lmtp(LmtpTarget::Inet {
+                host: "2001:db8::1".into(),
+                port: 24,
+            }),
         ),
     ];
     for (text, delivery) in cases {
-        assert_eq!(text.parse::<LocalDelivery>().as_ref(), Ok(&delivery), "{text}");
+        assert_eq!(
+            text.parse::<LocalDelivery>().as_ref(),
+            Ok(&delivery),
+            "{text}"
+        );
         assert_eq!(delivery.to_string(), text);
     }
-    for bad in ["Maildir", "lmtp:unix:", "lmtp:inet:host", "lmtp:inet:host:0", "lmtp:inet::24"] {
+    for bad in [
+        "Maildir",
+        "lmtp:unix:",
+        "lmtp:inet:host",
+        "lmtp:inet:host:0",
+        "lmtp:inet::24",
+    ] {
         assert!(bad.parse::<LocalDelivery>().is_err(), "{bad}");
     }
 }
@@ -745,5 +900,9 @@ fn unreadable_file_has_no_position() {
     let missing = Path::new("/nonexistent/tern.toml");
     let e = load(missing).unwrap_err();
     assert_eq!((e.line, e.column), (0, 0));
-    assert!(e.to_string().starts_with("/nonexistent/tern.toml: cannot read: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/tern.toml: cannot read: "),
+        "{e}"
+    );
 }

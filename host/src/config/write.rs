@@ -10,7 +10,10 @@ pub(super) fn to_toml(config: &Config) -> String {
 
     out.string("hostname", &config.hostname);
     out.strings("domains", &config.domains);
-    out.strings("trusted_networks", config.trusted_networks.iter().map(|n| n.to_string()));
+    out.strings(
+        "trusted_networks",
+        config.trusted_networks.iter().map(|n| n.to_string()),
+    );
     out.string("runtime", config.runtime.name());
     out.path("data_dir", &config.data_dir);
     match &config.log {
@@ -69,7 +72,10 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.string("data_timeout", &format_duration(limits.data_timeout));
     out.raw("errors", limits.errors);
     out.raw("auth_failures", limits.auth_failures);
-    out.string("auth_failure_delay", &format_duration(limits.auth_failure_delay));
+    out.string(
+        "auth_failure_delay",
+        &format_duration(limits.auth_failure_delay),
+    );
     out.raw("connections", limits.connections);
     out.raw("connections_per_ip", limits.connections_per_ip);
 
@@ -79,7 +85,12 @@ pub(super) fn to_toml(config: &Config) -> String {
         out.string("protocol", listener.protocol.name());
         match &listener.bind {
             Bind::Tcp(address) => out.string("address", &address.to_string()),
-            Bind::Unix { path, mode, user, group } => {
+            Bind::Unix {
+                path,
+                mode,
+                user,
+                group,
+            } => {
                 out.path("path", path);
                 out.string("mode", &format!("{mode:04o}"));
                 if let Some(user) = user {
@@ -93,7 +104,10 @@ pub(super) fn to_toml(config: &Config) -> String {
         out.string("tls", listener.tls.name());
         out.string("auth", listener.auth.name());
         out.raw("plaintext_auth", listener.plaintext_auth);
-        out.strings("restrictions", listener.restrictions.iter().map(|r| r.name()));
+        out.strings(
+            "restrictions",
+            listener.restrictions.iter().map(|r| r.name()),
+        );
         if let Some(dir) = &listener.record_sessions {
             out.path("record_sessions", dir);
         }
@@ -138,6 +152,8 @@ fn quote(s: &str) -> String {
 /// A key, bare where TOML allows it.
 fn key(name: &str) -> String {
     let bare = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if bare { name.to_owned() } else { quote(name) }
 }
