@@ -1,1 +1,2 @@
 //! Host services shared by every runtime: config, accounts, Maildir, TLS, log.
+pub mod config;
