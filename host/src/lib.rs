@@ -1,1 +1,7 @@
 //! Host services shared by every runtime: config, accounts, Maildir, TLS, log.
+
+pub mod clock;
+pub mod headers;
+pub mod log;
+pub mod maildir;
+pub mod tls;
