@@ -1,2 +1,8 @@
 //! Host services shared by every runtime: config, accounts, Maildir, TLS, log.
+
+pub mod clock;
 pub mod config;
+pub mod headers;
+pub mod log;
+pub mod maildir;
+pub mod tls;
