@@ -72,11 +72,8 @@ pub fn hash_password(scheme: Scheme, password: &str) -> String {
 /// is the operator's problem, not the client's. An empty stored string, or one starting with
 /// `!` or `*` (a locked account, as in shadow(5)), matches no password.
 pub fn verify_password(stored: &str, password: &str) -> Result<bool, PasswordError> {
-    let (scheme, hash) = match split_prefix(stored) {
-        Some((name, hash)) if name.eq_ignore_ascii_case("CRYPT") => (crypt_scheme(hash)?, hash),
-        Some((name, hash)) => (name.parse::<Scheme>()?, hash),
-        None if is_locked(stored) => return Ok(false),
-        None => (crypt_scheme(stored)?, stored),
+    let Some((scheme, hash)) = scheme_of(stored)? else {
+        return Ok(false);
     };
     let password = password.as_bytes();
 
@@ -87,17 +84,27 @@ pub fn verify_password(stored: &str, password: &str) -> Result<bool, PasswordErr
             if parsed.algorithm.as_str() != "argon2id" {
                 return Err(PasswordError::Malformed(scheme));
             }
-            password_result(scheme, argon2::Argon2::default().verify_password(password, &parsed))
+            password_result(
+                scheme,
+                argon2::Argon2::default().verify_password(password, &parsed),
+            )
         }
         Scheme::BlfCrypt => {
             // $2x$ marks hashes made by a buggy bcrypt; verifying them as $2a$ would be wrong.
-            if !["$2y$", "$2b$", "$2a$"].iter().any(|id| hash.starts_with(id)) {
+            if !["$2y$", "$2b$", "$2a$"]
+                .iter()
+                .any(|id| hash.starts_with(id))
+            {
                 return Err(PasswordError::Malformed(scheme));
             }
             bcrypt::verify(password, hash).map_err(|_| PasswordError::Malformed(scheme))
         }
         Scheme::Sha512Crypt | Scheme::Sha256Crypt => {
-            let id = if scheme == Scheme::Sha512Crypt { "$6$" } else { "$5$" };
+            let id = if scheme == Scheme::Sha512Crypt {
+                "$6$"
+            } else {
+                "$5$"
+            };
             if !hash.starts_with(id) {
                 return Err(PasswordError::Malformed(scheme));
             }
@@ -150,9 +157,9 @@ impl fmt::Display for PasswordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PasswordError::UnknownScheme(name) => write!(f, "unknown password scheme {{{name}}}"),
-            PasswordError::UnsupportedCrypt => {
-                f.write_str("unsupported CRYPT hash (known: $argon2id$, $2y$, $2b$, $2a$, $6$, $5$)")
-            }
+            PasswordError::UnsupportedCrypt => f.write_str(
+                "unsupported CRYPT hash (known: $argon2id$, $2y$, $2b$, $2a$, $6$, $5$)",
+            ),
             PasswordError::Malformed(scheme) => write!(f, "malformed {{{scheme}}} hash"),
         }
     }
@@ -165,10 +172,24 @@ pub(crate) fn is_plain(stored: &str) -> bool {
     split_prefix(stored).is_some_and(|(name, _)| name.parse() == Ok(Scheme::Plain))
 }
 
+/// The scheme of a stored password and the hash after its prefix, without checking the hash;
+/// `None` for a locked account.
+pub(crate) fn scheme_of(stored: &str) -> Result<Option<(Scheme, &str)>, PasswordError> {
+    Ok(Some(match split_prefix(stored) {
+        Some((name, hash)) if name.eq_ignore_ascii_case("CRYPT") => (crypt_scheme(hash)?, hash),
+        Some((name, hash)) => (name.parse::<Scheme>()?, hash),
+        None if is_locked(stored) => return Ok(None),
+        None => (crypt_scheme(stored)?, stored),
+    }))
+}
+
 /// Hashes with the Argon2id parameters `hash_password` uses; the accounts table verifies
 /// unknown users against such a hash so that they cost the same as known ones.
 pub(crate) fn dummy_argon2id_hash() -> String {
-    format!("{{ARGON2ID}}{}", hash_argon2id(b"tern-dummy", &argon2_params()))
+    format!(
+        "{{ARGON2ID}}{}",
+        hash_argon2id(b"tern-dummy", &argon2_params())
+    )
 }
 
 const BCRYPT_COST: u32 = 12;
@@ -255,8 +276,7 @@ mod tests {
     // - argon2: the reference CLI (Debian `argon2`), `echo -n PW | argon2 SALT -id -t T -k M -e`;
     // - bcrypt: Apache's `htpasswd -nbB -C COST`;
     // - SHA-crypt: glibc through `openssl passwd -6/-5 -salt` and Python's `crypt.crypt`.
-    const ARGON2ID_M64: &str =
-        "$argon2id$v=19$m=64,t=1,p=1$dGVybi1zYWx0LTAxMjM$nnYaDeT3Xg94egg3+8+PsmZKH3SORaNAQlC9w/jOd0E";
+    const ARGON2ID_M64: &str = "$argon2id$v=19$m=64,t=1,p=1$dGVybi1zYWx0LTAxMjM$nnYaDeT3Xg94egg3+8+PsmZKH3SORaNAQlC9w/jOd0E";
     const ARGON2ID_M256: &str = "$argon2id$v=19$m=256,t=3,p=1$Wm05dlltRnlZbUY2Y1hWNA$\
                                  +x1YcX4svkRdB8LZvDV2KhoYtNIEjf14WSbfsdj/6Xw";
     const BCRYPT_C5: &str = "$2y$05$.u7.LNA3vQRf6NXKlctPduCiCqHMhIYEEw9tBWVdM.CNauhqN4KRy";
@@ -300,7 +320,11 @@ mod tests {
         ];
         for (scheme, hash) in cases {
             let stored = format!("{{{scheme}}}{hash}");
-            assert_eq!(verify_password(&stored, "correct horse"), Ok(true), "{stored}");
+            assert_eq!(
+                verify_password(&stored, "correct horse"),
+                Ok(true),
+                "{stored}"
+            );
             assert_eq!(verify_password(&stored, "wrong"), Ok(false), "{stored}");
         }
 
@@ -313,7 +337,10 @@ mod tests {
         for (prefix, hash) in mismatched {
             let stored = format!("{prefix}{hash}");
             assert!(
-                matches!(verify_password(&stored, "correct horse"), Err(PasswordError::Malformed(_))),
+                matches!(
+                    verify_password(&stored, "correct horse"),
+                    Err(PasswordError::Malformed(_))
+                ),
                 "{stored}"
             );
         }
@@ -326,7 +353,10 @@ mod tests {
             assert_eq!(verify_password(&hash, "correct horse"), Ok(true), "{hash}");
         }
         let hash = BCRYPT_C5.replacen("$2y$", "$2x$", 1);
-        assert_eq!(verify_password(&hash, "correct horse"), Err(PasswordError::UnsupportedCrypt));
+        assert_eq!(
+            verify_password(&hash, "correct horse"),
+            Err(PasswordError::UnsupportedCrypt)
+        );
         let stored = format!("{{BLF-CRYPT}}{hash}");
         assert_eq!(
             verify_password(&stored, "correct horse"),
@@ -346,8 +376,12 @@ mod tests {
 
     #[test]
     fn plain_and_its_aliases() {
-        for stored in ["{PLAIN}s3cret:x", "{plain}s3cret:x", "{CLEAR}s3cret:x", "{CLEARTEXT}s3cret:x"]
-        {
+        for stored in [
+            "{PLAIN}s3cret:x",
+            "{plain}s3cret:x",
+            "{CLEAR}s3cret:x",
+            "{CLEARTEXT}s3cret:x",
+        ] {
             assert_eq!(verify_password(stored, "s3cret:x"), Ok(true), "{stored}");
             assert_eq!(verify_password(stored, "s3cret"), Ok(false), "{stored}");
             assert_eq!(verify_password(stored, "s3cret:xy"), Ok(false), "{stored}");
@@ -368,8 +402,14 @@ mod tests {
             verify_password("{PLAIN.b64}eA==", "x"),
             Err(PasswordError::UnknownScheme("PLAIN.b64".into()))
         );
-        assert_eq!(verify_password("$1$abc$def", "x"), Err(PasswordError::UnsupportedCrypt));
-        assert_eq!(verify_password("abcdefghijklm", "x"), Err(PasswordError::UnsupportedCrypt));
+        assert_eq!(
+            verify_password("$1$abc$def", "x"),
+            Err(PasswordError::UnsupportedCrypt)
+        );
+        assert_eq!(
+            verify_password("abcdefghijklm", "x"),
+            Err(PasswordError::UnsupportedCrypt)
+        );
         assert_eq!(
             verify_password("{SHA512-CRYPT}$6$salt", "x"),
             Err(PasswordError::Malformed(Scheme::Sha512Crypt))
@@ -402,7 +442,10 @@ mod tests {
             Scheme::Plain,
         ] {
             assert_eq!(scheme.to_string().parse::<Scheme>(), Ok(scheme));
-            assert_eq!(scheme.to_string().to_lowercase().parse::<Scheme>(), Ok(scheme));
+            assert_eq!(
+                scheme.to_string().to_lowercase().parse::<Scheme>(),
+                Ok(scheme)
+            );
         }
         assert_eq!("blf-crypt".parse::<Scheme>(), Ok(Scheme::BlfCrypt));
         assert!("SHA512".parse::<Scheme>().is_err());
@@ -420,10 +463,18 @@ mod tests {
         for (scheme, prefix) in shapes {
             let first = hash_password(scheme, "pw: with colon");
             assert!(first.starts_with(prefix), "{first}");
-            assert_eq!(verify_password(&first, "pw: with colon"), Ok(true), "{first}");
+            assert_eq!(
+                verify_password(&first, "pw: with colon"),
+                Ok(true),
+                "{first}"
+            );
             assert_eq!(verify_password(&first, "pw"), Ok(false), "{first}");
             if scheme != Scheme::Plain {
-                assert_ne!(first, hash_password(scheme, "pw: with colon"), "salt reused");
+                assert_ne!(
+                    first,
+                    hash_password(scheme, "pw: with colon"),
+                    "salt reused"
+                );
             }
         }
 
@@ -437,7 +488,10 @@ mod tests {
     #[test]
     fn argon2id_hash_uses_dovecot_parameters() {
         let stored = hash_password(Scheme::Argon2id, "correct horse");
-        assert!(stored.starts_with("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$"), "{stored}");
+        assert!(
+            stored.starts_with("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$"),
+            "{stored}"
+        );
         let fields: Vec<&str> = stored.split('$').collect();
         // 16 bytes of salt and 32 of digest in unpadded base64, as libsodium writes them.
         assert_eq!((fields[4].len(), fields[5].len()), (22, 43), "{stored}");
