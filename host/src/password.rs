@@ -276,7 +276,8 @@ mod tests {
     // - argon2: the reference CLI (Debian `argon2`), `echo -n PW | argon2 SALT -id -t T -k M -e`;
     // - bcrypt: Apache's `htpasswd -nbB -C COST`;
     // - SHA-crypt: glibc through `openssl passwd -6/-5 -salt` and Python's `crypt.crypt`.
-    const ARGON2ID_M64: &str = "$argon2id$v=19$m=64,t=1,p=1$dGVybi1zYWx0LTAxMjM$nnYaDeT3Xg94egg3+8+PsmZKH3SORaNAQlC9w/jOd0E";
+    const ARGON2ID_M64: &str = "$argon2id$v=19$m=64,t=1,p=1$dGVybi1zYWx0LTAxMjM$\
+                                nnYaDeT3Xg94egg3+8+PsmZKH3SORaNAQlC9w/jOd0E";
     const ARGON2ID_M256: &str = "$argon2id$v=19$m=256,t=3,p=1$Wm05dlltRnlZbUY2Y1hWNA$\
                                  +x1YcX4svkRdB8LZvDV2KhoYtNIEjf14WSbfsdj/6Xw";
     const BCRYPT_C5: &str = "$2y$05$.u7.LNA3vQRf6NXKlctPduCiCqHMhIYEEw9tBWVdM.CNauhqN4KRy";
