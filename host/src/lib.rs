@@ -1,8 +1,10 @@
 //! Host services shared by every runtime: config, accounts, Maildir, TLS, log.
 
+pub mod accounts;
 pub mod clock;
 pub mod config;
 pub mod headers;
 pub mod log;
 pub mod maildir;
+pub mod password;
 pub mod tls;
