@@ -97,7 +97,10 @@ impl Mailbox {
         let domain = rest
             .strip_prefix('@')
             .ok_or(AddressError("mailbox without a domain"))?;
-        Ok(Mailbox { local, domain: Domain::parse(domain)? })
+        Ok(Mailbox {
+            local,
+            domain: Domain::parse(domain)?,
+        })
     }
 
     /// Whether local part and domain are all ASCII (else SMTPUTF8 is needed).
@@ -148,7 +151,9 @@ pub fn is_dot_string(local: &str) -> bool {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local.chars().all(|c| !c.is_ascii() || is_atext(c as u8) || c == '.')
+        && local
+            .chars()
+            .all(|c| !c.is_ascii() || is_atext(c as u8) || c == '.')
 }
 
 /// RFC 5322 `atext`.
@@ -285,7 +290,10 @@ fn is_label(label: &str) -> bool {
         return false;
     }
     if label.is_ascii() {
-        bytes.len() <= 63 && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+        bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
     } else {
         label.chars().all(|c| {
             c.is_ascii_alphanumeric()
@@ -312,8 +320,8 @@ fn parse_literal(inner: &str) -> Result<Domain, AddressError> {
 
     // RFC 5321 `General-address-literal`: Standardized-tag ":" 1*dcontent.
     let tag_ok = tag.is_ascii() && is_label(tag);
-    let content_ok = !content.is_empty()
-        && content.bytes().all(|b| matches!(b, 33..=90 | 94..=126));
+    let content_ok =
+        !content.is_empty() && content.bytes().all(|b| matches!(b, 33..=90 | 94..=126));
     if tag_ok && content_ok {
         Ok(Domain::General(inner.to_owned()))
     } else {

@@ -151,7 +151,8 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             _ => None,
         };
         let at = at.checked_sub(line.len() - rest.len());
-        let inside = matches!((in_path, at), (Some((start, end)), Some(at)) if start <= at && at < end);
+        let inside =
+            matches!((in_path, at), (Some((start, end)), Some(at)) if start <= at && at < end);
         return match verb {
             Some(Verb::Mail) if inside => Err(CommandError::BadSender),
             Some(Verb::Rcpt) if inside => Err(CommandError::BadRecipient),
@@ -242,11 +243,19 @@ fn hello(rest: &[u8]) -> Result<String, CommandError> {
 }
 
 fn no_argument(rest: &[u8], command: Command) -> Result<Command, CommandError> {
-    if rest.is_empty() { Ok(command) } else { Err(CommandError::Syntax) }
+    if rest.is_empty() {
+        Ok(command)
+    } else {
+        Err(CommandError::Syntax)
+    }
 }
 
 fn some_argument(rest: &[u8], command: Command) -> Result<Command, CommandError> {
-    if rest.is_empty() { Err(CommandError::Syntax) } else { Ok(command) }
+    if rest.is_empty() {
+        Err(CommandError::Syntax)
+    } else {
+        Ok(command)
+    }
 }
 
 /// `MAIL FROM:<reverse-path> [SP Mail-parameters]` (RFC 5321 section 4.1.1.2).
@@ -397,7 +406,11 @@ fn notify(value: &[u8]) -> Option<Notify> {
         *flag = true;
     }
     let others = notify.success || notify.failure || notify.delay;
-    if notify.never && others { None } else { Some(notify) }
+    if notify.never && others {
+        None
+    } else {
+        Some(notify)
+    }
 }
 
 /// RFC 3461 section 4.2: `addr-type ";" xtext`, where addr-type is an RFC 822 atom.
@@ -431,9 +444,8 @@ fn for_each_param(
         };
         let key_ok = key.first().is_some_and(u8::is_ascii_alphanumeric)
             && key.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-');
-        let value_ok = value.is_none_or(|v| {
-            !v.is_empty() && v.iter().all(|&b| b.is_ascii_graphic() && b != b'=')
-        });
+        let value_ok = value
+            .is_none_or(|v| !v.is_empty() && v.iter().all(|&b| b.is_ascii_graphic() && b != b'='));
         if !key_ok || !value_ok {
             return Err(CommandError::Syntax);
         }
@@ -573,11 +585,603 @@ fn decimal(text: &[u8]) -> Option<u64> {
     if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    text.iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    text.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Only called on bytes already checked to be ASCII.
 fn ascii_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::address::{Domain, Mailbox};
+
+    use CommandError::*;
+
+    fn mailbox(local: &str, domain: &str) -> Mailbox {
+        Mailbox {
+            local: local.into(),
+            domain: Domain::Name(domain.into()),
+        }
+    }
+
+    fn sender(local: &str, domain: &str) -> ReversePath {
+        ReversePath::Mailbox(mailbox(local, domain))
+    }
+
+    fn recipient(local: &str, domain: &str) -> ForwardPath {
+        ForwardPath::Mailbox(mailbox(local, domain))
+    }
+
+    fn check(table: &[(&[u8], Result<Command, CommandError>)]) {
+        for (line, want) in table {
+            assert_eq!(
+                &parse(line),
+                want,
+                "line {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn verbs_without_arguments() {
+        check(&[
+            (b"DATA", Ok(Command::Data)),
+            (b"data", Ok(Command::Data)),
+            (b"RsEt", Ok(Command::Rset)),
+            (b"QUIT", Ok(Command::Quit)),
+            (b"QUIT  ", Ok(Command::Quit)),
+            (b"STARTTLS", Ok(Command::StartTls)),
+            (b"starttls", Ok(Command::StartTls)),
+            (b"DATA x", Err(Syntax)),
+            (b"RSET now", Err(Syntax)),
+            (b"QUIT\tplease", Err(Syntax)),
+            (b"STARTTLS x", Err(Syntax)),
+            (b"NOOP", Ok(Command::Noop)),
+            (b"noop anything at all", Ok(Command::Noop)),
+            (b"HELP", Ok(Command::Help)),
+            (b"HELP MAIL", Ok(Command::Help)),
+            (b"VRFY alice", Ok(Command::Vrfy)),
+            (b"VRFY", Err(Syntax)),
+            (b"EXPN staff", Ok(Command::Expn)),
+            (b"expn ", Err(Syntax)),
+        ]);
+    }
+
+    #[test]
+    fn unknown_verbs() {
+        check(&[
+            (b"", Err(Unrecognized)),
+            (b"   ", Err(Unrecognized)),
+            (b"HELLO x", Err(Unrecognized)),
+            (b"DATAX", Err(Unrecognized)),
+            (b"MAIL:FROM<a@b>", Err(Unrecognized)),
+            (b"\xff\xfe", Err(Unrecognized)),
+            (b"TURN", Err(Unrecognized)),
+        ]);
+    }
+
+    #[test]
+    fn greetings() {
+        check(&[
+            (
+                b"EHLO client.example",
+                Ok(Command::Ehlo("client.example".into())),
+            ),
+            (
+                b"ehlo Client.Example",
+                Ok(Command::Ehlo("Client.Example".into())),
+            ),
+            (b"HELO x", Ok(Command::Helo("x".into()))),
+            (b"LHLO [192.0.2.1]", Ok(Command::Lhlo("[192.0.2.1]".into()))),
+            (
+                b"EHLO [IPv6:2001:db8::1]",
+                Ok(Command::Ehlo("[IPv6:2001:db8::1]".into())),
+            ),
+            (b"EHLO\tclient ", Ok(Command::Ehlo("client".into()))),
+            (b"EHLO", Err(Syntax)),
+            (b"HELO ", Err(Syntax)),
+            (b"EHLO two words", Err(Syntax)),
+            (b"EHLO caf\xc3\xa9.example", Err(Syntax)),
+            (b"LHLO \x80", Err(Syntax)),
+        ]);
+    }
+
+    #[test]
+    fn http_requests() {
+        check(&[
+            (b"GET / HTTP/1.1", Err(Http)),
+            (b"get /", Err(Http)),
+            (b"POST /form HTTP/1.0", Err(Http)),
+            (b"CONNECT mail.example:25 HTTP/1.1", Err(Http)),
+            (b"HEAD /", Err(Http)),
+            (b"PUT", Err(Http)),
+            (b"Host: mail.example", Err(Http)),
+            (b"User-Agent: curl/8.0", Err(Http)),
+            (b"Host:", Err(Http)),
+            (b"GETTING x", Err(Unrecognized)),
+            (b":", Err(Unrecognized)),
+            (b"Host:x", Err(Unrecognized)),
+            (b"GET /\x00", Err(Http)),
+            (
+                b"MAIL FROM:<a@b.example>",
+                Ok(Command::Mail(sender("a", "b.example"), Default::default())),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn control_bytes() {
+        check(&[
+            (b"NOOP \x00", Err(ControlByte)),
+            (b"EH\x00LO x", Err(ControlByte)),
+            (b"EHLO x\x00y", Err(ControlByte)),
+            (b"QUIT\x7f", Err(ControlByte)),
+            (b"DATA\r", Err(ControlByte)),
+            (b"HELP \x1b[1m", Err(ControlByte)),
+            (b"\x00", Err(ControlByte)),
+            (b"MAIL FROM:<a\x00b@c.example>", Err(BadSender)),
+            (b"MAIL FROM:<a@c.example\x01", Err(BadSender)),
+            (b"MAIL FROM: <\"a\x00\"@c.example>", Err(BadSender)),
+            (b"MAIL FROM:<a@c.example> SIZE=\x001", Err(ControlByte)),
+            (b"MAIL FROM\x00:<a@c.example>", Err(ControlByte)),
+            (b"RCPT TO:<a@c.exa\x7fmple>", Err(BadRecipient)),
+            (b"RCPT TO:<a@c.example> NOTIFY=\x02", Err(ControlByte)),
+            // HTAB is a blank, not a control byte.
+            (b"NOOP\tx", Ok(Command::Noop)),
+        ]);
+    }
+
+    #[test]
+    fn mail_paths() {
+        let literal4 = Mailbox {
+            local: "u".into(),
+            domain: Domain::Literal(IpAddr::from([192, 0, 2, 1])),
+        };
+        let literal6 = Mailbox {
+            local: "u".into(),
+            domain: Domain::Literal("2001:db8::1".parse().unwrap()),
+        };
+        let general = Mailbox {
+            local: "u".into(),
+            domain: Domain::General("x-tag:a>b".into()),
+        };
+        let none = MailParams::default();
+        check(&[
+            (
+                b"MAIL FROM:<alice@example.org>",
+                Ok(Command::Mail(sender("alice", "example.org"), none.clone())),
+            ),
+            (
+                b"mail from:<alice@example.org>",
+                Ok(Command::Mail(sender("alice", "example.org"), none.clone())),
+            ),
+            (
+                b"MAIL FROM: <Alice@EXAMPLE.org.>",
+                Ok(Command::Mail(sender("Alice", "example.org"), none.clone())),
+            ),
+            (
+                b"MAIL FROM:  <>",
+                Ok(Command::Mail(ReversePath::Null, none.clone())),
+            ),
+            (
+                b"MAIL FROM:<>",
+                Ok(Command::Mail(ReversePath::Null, none.clone())),
+            ),
+            (
+                b"MAIL FROM:<@a.example,@b.example:user@c.example>",
+                Ok(Command::Mail(sender("user", "c.example"), none.clone())),
+            ),
+            (
+                b"MAIL FROM:<\"john doe\"@example.org>",
+                Ok(Command::Mail(
+                    sender("john doe", "example.org"),
+                    none.clone(),
+                )),
+            ),
+            (
+                b"MAIL FROM:<\"a\\\"b\\\\c\"@example.org>",
+                Ok(Command::Mail(
+                    sender("a\"b\\c", "example.org"),
+                    none.clone(),
+                )),
+            ),
+            (
+                b"MAIL FROM:<first.last+tag@sub.example.org>",
+                Ok(Command::Mail(
+                    sender("first.last+tag", "sub.example.org"),
+                    none.clone(),
+                )),
+            ),
+            (
+                b"MAIL FROM:<u@[192.0.2.1]>",
+                Ok(Command::Mail(ReversePath::Mailbox(literal4), none.clone())),
+            ),
+            (
+                b"MAIL FROM:<u@[IPv6:2001:db8::1]>",
+                Ok(Command::Mail(ReversePath::Mailbox(literal6), none.clone())),
+            ),
+            (
+                b"MAIL FROM:<u@[x-tag:a>b]>",
+                Ok(Command::Mail(ReversePath::Mailbox(general), none.clone())),
+            ),
+            (
+                "MAIL FROM:<用户@例子.广告> SMTPUTF8".as_bytes(),
+                Ok(Command::Mail(
+                    sender("用户", "例子.广告"),
+                    MailParams {
+                        smtputf8: true,
+                        ..none.clone()
+                    },
+                )),
+            ),
+            (
+                "MAIL FROM:<δοκιμή@ΠΑΡΆΔΕΙΓΜΑ.ΔΟΚΙΜΉ>".as_bytes(),
+                Ok(Command::Mail(
+                    sender("δοκιμή", "παράδειγμα.δοκιμή"),
+                    none.clone(),
+                )),
+            ),
+            (b"MAIL FROM:<Postmaster>", Err(BadSender)),
+            (b"MAIL FROM:alice@example.org", Err(BadSender)),
+            (b"MAIL FROM:<alice@example.org", Err(BadSender)),
+            (b"MAIL FROM:", Err(BadSender)),
+            (b"MAIL FROM:<alice>", Err(BadSender)),
+            (b"MAIL FROM:<alice@>", Err(BadSender)),
+            (b"MAIL FROM:<@example.org>", Err(BadSender)),
+            (b"MAIL FROM:<a..b@example.org>", Err(BadSender)),
+            (b"MAIL FROM:<.a@example.org>", Err(BadSender)),
+            (b"MAIL FROM:<a b@example.org>", Err(BadSender)),
+            (b"MAIL FROM:<a@-example.org>", Err(BadSender)),
+            (b"MAIL FROM:<a@example..org>", Err(BadSender)),
+            (b"MAIL FROM:<a@exa_mple.org>", Err(BadSender)),
+            (b"MAIL FROM:<a@.>", Err(BadSender)),
+            (b"MAIL FROM:<a@[300.0.2.1]>", Err(BadSender)),
+            (b"MAIL FROM:<a@[IPv6:2001:db8::zz]>", Err(BadSender)),
+            (b"MAIL FROM:<a@[192.0.2.1>", Err(BadSender)),
+            (b"MAIL FROM:<\"unterminated@example.org>", Err(BadSender)),
+            (b"MAIL FROM:<\"a\"b@example.org>", Err(BadSender)),
+            (b"MAIL FROM:<a@b.example@c.example>", Err(BadSender)),
+            (b"MAIL FROM:<@a.example:>", Err(BadSender)),
+            (
+                b"MAIL FROM:<@a.example,b.example:u@c.example>",
+                Err(BadSender),
+            ),
+            (b"MAIL FROM:<\xff@example.org>", Err(BadSender)),
+            (b"MAIL FROM:<a@ex\xc3ample.org>", Err(BadSender)),
+            (b"MAIL FROM <a@example.org>", Err(Syntax)),
+            (b"MAIL TO:<a@example.org>", Err(Syntax)),
+            (b"MAIL", Err(Syntax)),
+            (b"MAIL FROM:<a@example.org>SIZE=1", Err(Syntax)),
+        ]);
+    }
+
+    #[test]
+    fn rcpt_paths() {
+        let none = RcptParams::default();
+        check(&[
+            (
+                b"RCPT TO:<bob@example.org>",
+                Ok(Command::Rcpt(recipient("bob", "example.org"), none.clone())),
+            ),
+            (
+                b"rcpt to: <Bob@Example.ORG>",
+                Ok(Command::Rcpt(recipient("Bob", "example.org"), none.clone())),
+            ),
+            (
+                b"RCPT TO:<Postmaster>",
+                Ok(Command::Rcpt(ForwardPath::Postmaster, none.clone())),
+            ),
+            (
+                b"RCPT TO:<postMASTER>",
+                Ok(Command::Rcpt(ForwardPath::Postmaster, none.clone())),
+            ),
+            (
+                b"RCPT TO:<postmaster@example.org>",
+                Ok(Command::Rcpt(
+                    recipient("postmaster", "example.org"),
+                    none.clone(),
+                )),
+            ),
+            (
+                b"RCPT TO:<@relay.example:bob@example.org>",
+                Ok(Command::Rcpt(recipient("bob", "example.org"), none.clone())),
+            ),
+            (b"RCPT TO:<>", Err(BadRecipient)),
+            (b"RCPT TO:<bob>", Err(BadRecipient)),
+            (b"RCPT TO:bob@example.org", Err(BadRecipient)),
+            (b"RCPT TO:<bob@example.org", Err(BadRecipient)),
+            (b"RCPT TO:<b\xc0b@example.org>", Err(BadRecipient)),
+            (b"RCPT FROM:<bob@example.org>", Err(Syntax)),
+            (b"RCPT", Err(Syntax)),
+        ]);
+    }
+
+    #[test]
+    fn path_length_limits() {
+        let local = |n: usize| "l".repeat(n);
+        // A domain of 253 octets in labels of up to 63.
+        let domain = |n: usize| {
+            let mut d = String::new();
+            while d.len() < n {
+                if !d.is_empty() {
+                    d.push('.');
+                }
+                let take = (n - d.len()).min(63);
+                d.push_str(&"d".repeat(take));
+            }
+            d
+        };
+        let line = |l: &str, d: &str| format!("RCPT TO:<{l}@{d}>").into_bytes();
+
+        assert!(parse(&line(&local(64), "example.org")).is_ok());
+        assert_eq!(parse(&line(&local(65), "example.org")), Err(BadRecipient));
+        let quoted = format!("\"{}\"", local(62));
+        assert!(parse(&line(&quoted, "example.org")).is_ok());
+        let quoted = format!("\"{}\"", local(63));
+        assert_eq!(parse(&line(&quoted, "example.org")), Err(BadRecipient));
+
+        // Path: `<` + local + `@` + domain + `>` = 256 is the most allowed.
+        assert!(parse(&line(&local(10), &domain(243))).is_ok());
+        assert_eq!(parse(&line(&local(10), &domain(244))), Err(BadRecipient));
+        let mail = format!("MAIL FROM:<{}@{}>", local(10), domain(244));
+        assert_eq!(parse(mail.as_bytes()), Err(BadSender));
+
+        // A label over 63 octets.
+        let long_label = format!("{}.org", "d".repeat(64));
+        assert_eq!(parse(&line("a", &long_label)), Err(BadRecipient));
+    }
+
+    #[test]
+    fn mail_parameters() {
+        let mail = |line: &[u8]| match parse(line) {
+            Ok(Command::Mail(_, params)) => Ok(params),
+            Ok(other) => panic!("not MAIL: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let base = MailParams::default();
+        let table: &[(&[u8], Result<MailParams, CommandError>)] = &[
+            (b"MAIL FROM:<> SIZE=1000", Ok(MailParams { size: Some(1000), ..base.clone() })),
+            (b"MAIL FROM:<> size=0", Ok(MailParams { size: Some(0), ..base.clone() })),
+            (b"MAIL FROM:<> SIZE=18446744073709551615", Ok(MailParams { size: Some(u64::MAX), ..base.clone() })),
+            (b"MAIL FROM:<> SIZE=18446744073709551616", Err(Syntax)),
+            (b"MAIL FROM:<> SIZE=-1", Err(Syntax)),
+            (b"MAIL FROM:<> SIZE=12k", Err(Syntax)),
+            (b"MAIL FROM:<> SIZE", Err(Syntax)),
+            (b"MAIL FROM:<> SIZE=", Err(Syntax)),
+            (b"MAIL FROM:<> SIZE=1 SIZE=2", Err(Syntax)),
+            (b"MAIL FROM:<> BODY=7BIT", Ok(MailParams { body: Some(Body::SevenBit), ..base.clone() })),
+            (b"MAIL FROM:<> body=8bitmime", Ok(MailParams { body: Some(Body::EightBitMime), ..base.clone() })),
+            (b"MAIL FROM:<> BODY=BINARYMIME", Ok(MailParams { body: Some(Body::BinaryMime), ..base.clone() })),
+            (b"MAIL FROM:<> BODY=9BIT", Err(Syntax)),
+            (b"MAIL FROM:<> BODY", Err(Syntax)),
+            (b"MAIL FROM:<> SMTPUTF8", Ok(MailParams { smtputf8: true, ..base.clone() })),
+            (b"MAIL FROM:<> smtputf8", Ok(MailParams { smtputf8: true, ..base.clone() })),
+            (b"MAIL FROM:<> SMTPUTF8=yes", Err(Syntax)),
+            (b"MAIL FROM:<> SMTPUTF8 SMTPUTF8", Err(Syntax)),
+            (b"MAIL FROM:<> RET=FULL", Ok(MailParams { ret: Some(Ret::Full), ..base.clone() })),
+            (b"MAIL FROM:<> ret=hdrs", Ok(MailParams { ret: Some(Ret::Hdrs), ..base.clone() })),
+            (b"MAIL FROM:<> RET=BODY", Err(Syntax)),
+            (b"MAIL FROM:<> ENVID=QQ314159", Ok(MailParams { envid: Some("QQ314159".into()), ..base.clone() })),
+            (b"MAIL FROM:<> ENVID=a+2Bb", Ok(MailParams { envid: Some("a+2Bb".into()), ..base.clone() })),
+            (b"MAIL FROM:<> ENVID=a+2bb", Err(Syntax)),
+            (b"MAIL FROM:<> ENVID=a+2", Err(Syntax)),
+            (b"MAIL FROM:<> ENVID=a+b", Err(Syntax)),
+            (b"MAIL FROM:<> ENVID=\xc3\xa9", Err(Syntax)),
+            (b"MAIL FROM:<> ENVID=", Err(Syntax)),
+            (b"MAIL FROM:<> AUTH=<>", Ok(MailParams { auth: Some("<>".into()), ..base.clone() })),
+            (b"MAIL FROM:<> AUTH=e+3Dmc2@example.com", Ok(MailParams { auth: Some("e+3Dmc2@example.com".into()), ..base.clone() })),
+            (b"MAIL FROM:<> AUTH=a+", Err(Syntax)),
+            (b"MAIL FROM:<> AUTH", Err(Syntax)),
+            (b"MAIL FROM:<> XFORWARD=1", Err(UnsupportedParameter)),
+            (b"MAIL FROM:<> MT-PRIORITY=3", Err(UnsupportedParameter)),
+            (b"MAIL FROM:<> REQUIRETLS", Err(UnsupportedParameter)),
+            (b"MAIL FROM:<> -X=1", Err(Syntax)),
+            (b"MAIL FROM:<> =1", Err(Syntax)),
+            (b"MAIL FROM:<> SIZE=1=2", Err(Syntax)),
+            (b"MAIL FROM:<> NOTIFY=NEVER", Err(UnsupportedParameter)),
+            (
+                b"MAIL FROM:<a@b.example>  SIZE=5\tBODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=x AUTH=<> ",
+                Ok(MailParams {
+                    size: Some(5),
+                    body: Some(Body::EightBitMime),
+                    smtputf8: true,
+                    ret: Some(Ret::Hdrs),
+                    envid: Some("x".into()),
+                    auth: Some("<>".into()),
+                }),
+            ),
+        ];
+        for (line, want) in table {
+            assert_eq!(
+                &mail(line),
+                want,
+                "line {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+
+        let envid = |n: usize| format!("MAIL FROM:<> ENVID={}", "e".repeat(n)).into_bytes();
+        assert!(mail(&envid(100)).is_ok());
+        assert_eq!(mail(&envid(101)), Err(Syntax));
+    }
+
+    #[test]
+    fn rcpt_parameters() {
+        let rcpt = |line: &[u8]| match parse(line) {
+            Ok(Command::Rcpt(_, params)) => Ok(params),
+            Ok(other) => panic!("not RCPT: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let notify = |never, success, failure, delay| RcptParams {
+            notify: Some(Notify {
+                never,
+                success,
+                failure,
+                delay,
+            }),
+            orcpt: None,
+        };
+        let table: &[(&[u8], Result<RcptParams, CommandError>)] = &[
+            (
+                b"RCPT TO:<a@b.example> NOTIFY=NEVER",
+                Ok(notify(true, false, false, false)),
+            ),
+            (
+                b"RCPT TO:<a@b.example> notify=success,delay",
+                Ok(notify(false, true, false, true)),
+            ),
+            (
+                b"RCPT TO:<a@b.example> NOTIFY=FAILURE",
+                Ok(notify(false, false, true, false)),
+            ),
+            (
+                b"RCPT TO:<a@b.example> NOTIFY=SUCCESS,FAILURE,DELAY",
+                Ok(notify(false, true, true, true)),
+            ),
+            (b"RCPT TO:<a@b.example> NOTIFY=NEVER,DELAY", Err(Syntax)),
+            (b"RCPT TO:<a@b.example> NOTIFY=SUCCESS,", Err(Syntax)),
+            (b"RCPT TO:<a@b.example> NOTIFY=ALWAYS", Err(Syntax)),
+            (b"RCPT TO:<a@b.example> NOTIFY", Err(Syntax)),
+            (
+                b"RCPT TO:<a@b.example> NOTIFY=DELAY NOTIFY=DELAY",
+                Err(Syntax),
+            ),
+            (
+                b"RCPT TO:<a@b.example> ORCPT=rfc822;a+2Bb@b.example",
+                Ok(RcptParams {
+                    notify: None,
+                    orcpt: Some("rfc822;a+2Bb@b.example".into()),
+                }),
+            ),
+            (b"RCPT TO:<a@b.example> ORCPT=rfc822", Err(Syntax)),
+            (b"RCPT TO:<a@b.example> ORCPT=;a@b.example", Err(Syntax)),
+            (b"RCPT TO:<a@b.example> ORCPT=rfc822;", Err(Syntax)),
+            (b"RCPT TO:<a@b.example> ORCPT=rfc822;a+zz", Err(Syntax)),
+            (
+                b"RCPT TO:<a@b.example> ORCPT=rfc822;a ORCPT=rfc822;b",
+                Err(Syntax),
+            ),
+            (b"RCPT TO:<a@b.example> SIZE=10", Err(UnsupportedParameter)),
+            (
+                b"RCPT TO:<a@b.example> X-ANYTHING",
+                Err(UnsupportedParameter),
+            ),
+            (
+                b"RCPT TO:<a@b.example> NOTIFY=NEVER BOGUS=1",
+                Err(UnsupportedParameter),
+            ),
+        ];
+        for (line, want) in table {
+            assert_eq!(
+                &rcpt(line),
+                want,
+                "line {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+
+        let orcpt = |n: usize| format!("RCPT TO:<a@b.example> ORCPT=rfc822;{}", "o".repeat(n));
+        assert!(rcpt(orcpt(493).as_bytes()).is_ok());
+        assert_eq!(rcpt(orcpt(494).as_bytes()), Err(Syntax));
+    }
+
+    #[test]
+    fn bdat() {
+        check(&[
+            (
+                b"BDAT 0",
+                Ok(Command::Bdat {
+                    size: 0,
+                    last: false,
+                }),
+            ),
+            (
+                b"BDAT 1000 LAST",
+                Ok(Command::Bdat {
+                    size: 1000,
+                    last: true,
+                }),
+            ),
+            (
+                b"bdat 7 last",
+                Ok(Command::Bdat {
+                    size: 7,
+                    last: true,
+                }),
+            ),
+            (
+                b"BDAT 18446744073709551615",
+                Ok(Command::Bdat {
+                    size: u64::MAX,
+                    last: false,
+                }),
+            ),
+            (b"BDAT 18446744073709551616", Err(Syntax)),
+            (b"BDAT", Err(Syntax)),
+            (b"BDAT LAST", Err(Syntax)),
+            (b"BDAT 10 FIRST", Err(Syntax)),
+            (b"BDAT 10 LAST x", Err(Syntax)),
+            (b"BDAT +10", Err(Syntax)),
+            (b"BDAT 0x10", Err(Syntax)),
+        ]);
+    }
+
+    #[test]
+    fn auth() {
+        let auth = |mechanism: &str, initial: Option<&str>| {
+            Ok(Command::Auth {
+                mechanism: mechanism.into(),
+                initial: initial.map(Into::into),
+            })
+        };
+        check(&[
+            (b"AUTH PLAIN", auth("PLAIN", None)),
+            (
+                b"auth plain AGFsaWNlAHNlY3JldA==",
+                auth("PLAIN", Some("AGFsaWNlAHNlY3JldA==")),
+            ),
+            (b"AUTH PLAIN =", auth("PLAIN", Some("="))),
+            (b"AUTH scram-sha-256", auth("SCRAM-SHA-256", None)),
+            (
+                b"AUTH X_OAUTH2 dXNlcg+/",
+                auth("X_OAUTH2", Some("dXNlcg+/")),
+            ),
+            (
+                b"AUTH ABCDEFGHIJKLMNOPQRST",
+                auth("ABCDEFGHIJKLMNOPQRST", None),
+            ),
+            (b"AUTH ABCDEFGHIJKLMNOPQRSTU", Err(Syntax)),
+            (b"AUTH", Err(Syntax)),
+            (b"AUTH PL.AIN", Err(Syntax)),
+            (b"AUTH PLAIN abc def", Err(Syntax)),
+            (b"AUTH PLAIN ab=c", Err(Syntax)),
+            (b"AUTH PLAIN abc===", Err(Syntax)),
+            (b"AUTH PLAIN ==", Err(Syntax)),
+            (b"AUTH PLAIN a*b", Err(Syntax)),
+        ]);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(line in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&line);
+        }
+
+        #[test]
+        fn parse_never_panics_on_smtp_alphabet(
+            line in "(MAIL FROM:|RCPT TO:|BDAT |AUTH |EHLO )[<>@.\"\\\\:,\\[\\]a-zA-Z0-9 =+;\t\u{0}é]{0,80}"
+        ) {
+            let _ = parse(line.as_bytes());
+        }
+    }
 }
