@@ -328,3 +328,107 @@ fn parse_literal(inner: &str) -> Result<Domain, AddressError> {
         Err(AddressError("malformed address literal"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        let name = |s: &str| Ok(Domain::Name(s.into()));
+        let table: &[(&str, Result<Domain, ()>)] = &[
+            ("Example.ORG", name("example.org")),
+            ("example.org.", name("example.org")),
+            ("localhost", name("localhost")),
+            ("a-b.c0", name("a-b.c0")),
+            ("bücher.example", name("bücher.example")),
+            (
+                "[192.0.2.1]",
+                Ok(Domain::Literal(IpAddr::from([192, 0, 2, 1]))),
+            ),
+            (
+                "[ipv6:::1]",
+                Ok(Domain::Literal(IpAddr::from(Ipv6Addr::LOCALHOST))),
+            ),
+            (
+                "[x400:c=us;a=b]",
+                Ok(Domain::General("x400:c=us;a=b".into())),
+            ),
+            ("", Err(())),
+            (".", Err(())),
+            ("example.org..", Err(())),
+            ("-a.example", Err(())),
+            ("a-.example", Err(())),
+            ("a_b.example", Err(())),
+            ("a b.example", Err(())),
+            ("[192.0.2]", Err(())),
+            ("[192.0.2.01]", Err(())),
+            ("[IPv6:192.0.2.1]", Err(())),
+            ("[tag:]", Err(())),
+            ("[-tag:x]", Err(())),
+            ("[tag:a[b]", Err(())),
+            ("[192.0.2.1].", Err(())),
+        ];
+        for (text, want) in table {
+            assert_eq!(
+                &Domain::parse(text).map_err(|_| ()),
+                want,
+                "domain {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mailboxes_round_trip() {
+        for text in [
+            "a@b.example",
+            "\"a b\"@b.example",
+            "\"a\\\"b\"@[192.0.2.1]",
+            "ü@ü.example",
+        ] {
+            let mailbox = Mailbox::parse(text).unwrap();
+            assert_eq!(mailbox.to_string(), text);
+        }
+        let quoted_atom = Mailbox::parse("\"plain\"@b.example").unwrap();
+        assert_eq!(quoted_atom.local, "plain");
+        assert_eq!(quoted_atom.to_string(), "plain@b.example");
+    }
+
+    #[test]
+    fn paths() {
+        let mailbox = |l: &str, d: &str| {
+            Ok(Path::Mailbox(Mailbox {
+                local: l.into(),
+                domain: Domain::Name(d.into()),
+            }))
+        };
+        let table: &[(&[u8], Result<Path, ()>)] = &[
+            (b"<>", Ok(Path::Null)),
+            (b"<POSTMASTER>", Ok(Path::Postmaster)),
+            (b"<a@B.example>", mailbox("a", "b.example")),
+            (b"<@x.example:a@b.example>", mailbox("a", "b.example")),
+            (
+                b"<@x.example,@[192.0.2.1]:a@b.example>",
+                mailbox("a", "b.example"),
+            ),
+            (b"<@x.example a@b.example>", Err(())),
+            (b"<a@b.example", Err(())),
+            (b"a@b.example>", Err(())),
+            (b"<postmaster@>", Err(())),
+            (b"<\xe9@b.example>", Err(())),
+        ];
+        for (raw, want) in table {
+            assert_eq!(&parse_path(raw).map_err(|_| ()), want, "path {raw:?}");
+        }
+    }
+
+    #[test]
+    fn path_ends() {
+        assert_eq!(path_end(b"<a@b> SIZE=1"), Some(4));
+        assert_eq!(path_end(b"<\"a>b\"@c> x"), Some(8));
+        assert_eq!(path_end(b"<\"a\\\">\"@c>"), Some(9));
+        assert_eq!(path_end(b"<a@[t:>]>"), Some(8));
+        assert_eq!(path_end(b"<a@b"), None);
+        assert_eq!(path_end(b"<\"a>"), None);
+    }
+}

@@ -207,3 +207,244 @@ enum State {
     /// The decoder finished with this status.
     Done(DataStatus),
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    use DataStatus::*;
+
+    /// Decodes `input` whole, then checks that every split into two pieces and feeding one
+    /// byte at a time give the same result.
+    fn decode_all(input: &[u8]) -> (Vec<u8>, usize, DataStatus) {
+        let whole = decode_pieces(input, &[]);
+        for split in 0..=input.len() {
+            assert_eq!(decode_pieces(input, &[split]), whole, "split at {split}");
+        }
+        let bytewise: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(decode_pieces(input, &bytewise), whole, "one byte at a time");
+        whole
+    }
+
+    /// Feeds `input` cut at the sorted `cuts`, stopping at the first status other than
+    /// NeedMore; returns output, total consumed and the last status.
+    fn decode_pieces(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize, DataStatus) {
+        let mut decoder = DataDecoder::new();
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        let mut status = NeedMore;
+        let mut start = 0;
+        for &end in cuts.iter().chain(std::iter::once(&input.len())) {
+            let (n, s) = decoder.decode(&input[start..end], &mut out);
+            assert!(n <= end - start);
+            consumed += n;
+            status = s;
+            if s != NeedMore {
+                break;
+            }
+            assert_eq!(n, end - start, "NeedMore must consume everything");
+            start = end;
+        }
+        (out, consumed, status)
+    }
+
+    #[test]
+    fn decodes_messages() {
+        let table: &[(&[u8], &[u8], usize, DataStatus)] = &[
+            // (input, output, consumed, status)
+            (b".\r\n", b"", 3, End),
+            (b".\r\nQUIT\r\n", b"", 3, End),
+            (
+                b"Subject: hi\r\n\r\nbody\r\n.\r\n",
+                b"Subject: hi\r\n\r\nbody\r\n",
+                24,
+                End,
+            ),
+            (b"..\r\n.\r\n", b".\r\n", 7, End),
+            (b"..hidden\r\n...\r\n.\r\n", b".hidden\r\n..\r\n", 18, End),
+            (b".x\r\n.\r\n", b"x\r\n", 7, End),
+            (b"a.\r\n .\r\n.\r\n", b"a.\r\n .\r\n", 11, End),
+            (b"a\r\n.\r\nnext", b"a\r\n", 6, End),
+            (b"\r\n\r\n.\r\n", b"\r\n\r\n", 7, End),
+            (b"partial line", b"partial line", 12, NeedMore),
+            (b"line\r\n.", b"line\r\n", 7, NeedMore),
+            (b"line\r\n.\r", b"line\r\n", 8, NeedMore),
+            (b"line\r", b"line", 5, NeedMore),
+            (b"", b"", 0, NeedMore),
+            // Bare LF: nothing from it on is taken.
+            (b"a\nb\r\n.\r\n", b"a", 1, BareLineEnding),
+            (b"\n", b"", 0, BareLineEnding),
+            (b"ok\r\n.\n", b"ok\r\n", 5, BareLineEnding),
+            (b"ok\r\n\n.\r\n", b"ok\r\n", 4, BareLineEnding),
+            // Bare CR: consumed up to and including the CR.
+            (b"a\rb\r\n", b"a", 2, BareLineEnding),
+            (b"a\r\r\n", b"a", 2, BareLineEnding),
+            (b"ok\r\n.\rx", b"ok\r\n", 6, BareLineEnding),
+            (b"ok\r\n.\r.\r\n", b"ok\r\n", 6, BareLineEnding),
+            // The smuggling sequence `\n.\r\n` is not an end of data.
+            (
+                b"a\r\n\n.\r\nMAIL FROM:<x@y>\r\n",
+                b"a\r\n",
+                3,
+                BareLineEnding,
+            ),
+            (b"a\r\n.\r\r\n", b"a\r\n", 5, BareLineEnding),
+        ];
+        for &(input, output, consumed, status) in table {
+            let got = decode_all(input);
+            let want = (output.to_vec(), consumed, status);
+            assert_eq!(got, want, "input {:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn long_lines_pass_unchanged() {
+        let line = vec![b'x'; 5000];
+        let mut input = line.clone();
+        input.extend_from_slice(b"\r\n.");
+        input.extend_from_slice(&line);
+        input.extend_from_slice(b"\r\n.\r\n");
+
+        let mut want = line.clone();
+        want.extend_from_slice(b"\r\n");
+        want.extend_from_slice(&line);
+        want.extend_from_slice(b"\r\n");
+
+        let mut out = Vec::new();
+        let got = DataDecoder::new().decode(&input, &mut out);
+        assert_eq!(got, (input.len(), End));
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn binary_bytes_pass_unchanged() {
+        let body: Vec<u8> = (0..=255u8).filter(|b| *b != b'\r' && *b != b'\n').collect();
+        let mut input = body.clone();
+        input.extend_from_slice(b"\r\n.\r\n");
+        let (out, consumed, status) = decode_all(&input);
+        assert_eq!((consumed, status), (input.len(), End));
+        assert_eq!(out[..body.len()], body[..]);
+    }
+
+    #[test]
+    fn finished_decoder_consumes_nothing() {
+        let mut decoder = DataDecoder::new();
+        let mut out = Vec::new();
+        assert_eq!(decoder.decode(b".\r\n", &mut out), (3, End));
+        assert_eq!(decoder.decode(b"more\r\n", &mut out), (0, End));
+        assert!(out.is_empty());
+
+        let mut decoder = DataDecoder::new();
+        assert_eq!(decoder.decode(b"\n", &mut out), (0, BareLineEnding));
+        assert_eq!(decoder.decode(b"ok\r\n", &mut out), (0, BareLineEnding));
+    }
+
+    #[test]
+    fn checker_accepts_crlf_across_pieces() {
+        let mut checker = LineEndingChecker::new();
+        assert!(checker.check(b"a\r\nb\r"));
+        assert!(!checker.finish());
+        assert!(checker.check(b""));
+        assert!(checker.check(b"\nc\r\n"));
+        assert!(checker.finish());
+        assert!(checker.check(b"\r"));
+        assert!(checker.check(b"\n"));
+        assert!(checker.check(b".\r\n..\r\nno end of line"));
+        assert!(checker.finish());
+    }
+
+    #[test]
+    fn checker_refuses_bare_endings() {
+        let table: &[&[&[u8]]] = &[
+            &[b"a\nb"],
+            &[b"\n"],
+            &[b"a\r\n\n"],
+            &[b"a\rb"],
+            &[b"a\r", b"b"],
+            &[b"a\r", b"\r\n"],
+            &[b"a\r\n", b"\n"],
+            &[b"\r\r\n"],
+        ];
+        for pieces in table {
+            let mut checker = LineEndingChecker::new();
+            let results: Vec<bool> = pieces.iter().map(|p| checker.check(p)).collect();
+            assert_eq!(results.last(), Some(&false), "pieces {pieces:?}");
+            assert!(!checker.finish());
+            assert!(!checker.check(b"fine\r\n"), "a refusal sticks");
+        }
+    }
+
+    #[test]
+    fn checker_refuses_trailing_cr() {
+        let mut checker = LineEndingChecker::new();
+        assert!(checker.check(b"text\r"));
+        assert!(!checker.finish());
+    }
+
+    /// Message-like bytes: mostly text, with CR, LF, CRLF and dots common.
+    fn message_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            4 => Just(b"\r\n".to_vec()),
+            2 => Just(b".".to_vec()),
+            2 => Just(b"\r\n.\r\n".to_vec()),
+            1 => Just(b"\r".to_vec()),
+            1 => Just(b"\n".to_vec()),
+            6 => proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_decodes_the_same(
+            input in message_bytes(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let whole = decode_pieces(&input, &[]);
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+            cuts.sort_unstable();
+            prop_assert_eq!(decode_pieces(&input, &cuts), whole);
+        }
+
+        #[test]
+        fn decoder_agrees_with_checker(input in message_bytes()) {
+            // Both scanners apply the same CRLF rule, so they must agree on what the decoder
+            // read.
+            let (_, consumed, status) = decode_pieces(&input, &[]);
+            let mut checker = LineEndingChecker::new();
+            match status {
+                NeedMore => {
+                    prop_assert_eq!(consumed, input.len());
+                    prop_assert!(checker.check(&input));
+                }
+                End => {
+                    prop_assert!(checker.check(&input[..consumed]));
+                    prop_assert!(checker.finish());
+                }
+                BareLineEnding => prop_assert!(!checker.check(&input)),
+            }
+        }
+
+        #[test]
+        fn any_split_checks_the_same(
+            input in message_bytes(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let mut whole = LineEndingChecker::new();
+            let whole_ok = whole.check(&input);
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut split = LineEndingChecker::new();
+            let mut split_ok = true;
+            let mut start = 0;
+            for end in cuts.into_iter().chain(std::iter::once(input.len())) {
+                split_ok &= split.check(&input[start..end]);
+                start = end;
+            }
+            prop_assert_eq!(split_ok, whole_ok);
+            prop_assert_eq!(split.finish(), whole.finish());
+        }
+    }
+}
