@@ -199,6 +199,8 @@ pub(crate) fn path_end(text: &[u8]) -> Option<usize> {
 
 /// Parses a whole `<path>` (RFC 5321 section 4.1.2 `Path`), angle brackets included.
 /// A source route (`<@a,@b:user@c>`) is checked and dropped, as section 4.1.1.3 allows.
+/// A route through an IPv6 or general address literal is refused, as its colons are not told
+/// apart from the one that ends the route.
 pub(crate) fn parse_path(raw: &[u8]) -> Result<Path, AddressError> {
     if raw.len() > MAX_PATH {
         return Err(AddressError("path longer than 256 octets"));
@@ -231,8 +233,6 @@ fn drop_source_route(text: &str) -> Result<&str, AddressError> {
         let domain = hop
             .strip_prefix('@')
             .ok_or(AddressError("source route hop without @"))?;
-        // A literal may not hold the ':' or ',' we split on here; a route through one is
-        // refused rather than parsed further, as routes are ignored anyway.
         Domain::parse(domain)?;
     }
     Ok(mailbox)
