@@ -28,9 +28,14 @@ impl IpNet {
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, IpNetError> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(IpNetError(format!("prefix length {prefix} is longer than {max}")));
+            return Err(IpNetError(format!(
+                "prefix length {prefix} is longer than {max}"
+            )));
         }
-        Ok(Self { addr: mask(addr, prefix), prefix })
+        Ok(Self {
+            addr: mask(addr, prefix),
+            prefix,
+        })
     }
 
     /// Whether `ip` lies in this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
