@@ -671,17 +671,14 @@ impl Session {
             }
             Expect::Data => tx.settle_accepted(Stage::Data, &reply),
             Expect::Dot => {}
-            Expect::Chunk => {
-                if !reply.is_positive() {
-                    tx.settle_accepted(Stage::Text, &reply);
-                    tx.phase = Phase::Abandoned;
-                }
+            Expect::Chunk if !reply.is_positive() => {
+                tx.settle_accepted(Stage::Text, &reply);
+                tx.phase = Phase::Abandoned;
             }
             Expect::Final(None) => tx.settle_accepted(Stage::Text, &reply),
-            Expect::Final(Some(i)) => {
-                if tx.recipients[i].is_accepted() {
-                    tx.recipients[i].settle(Stage::Text, &reply);
-                }
+            // A chunk refused earlier may have settled this recipient already.
+            Expect::Final(Some(i)) if tx.recipients[i].is_accepted() => {
+                tx.recipients[i].settle(Stage::Text, &reply);
             }
             _ => {}
         }

@@ -514,6 +514,41 @@ fn lmtp_answers_once_per_accepted_recipient() {
 }
 
 #[test]
+fn lmtp_over_bdat_answers_after_the_last_chunk() {
+    let make = || {
+        Harness::new(
+            config(Mode::Lmtp),
+            vec![(
+                message("a@client.example", &["u1@mx.example", "u2@mx.example"]),
+                "Hi\r\n",
+            )],
+        )
+    };
+    let h = converse(
+        make,
+        Script {
+            parts: &[&[
+                "220 mx.example LMTP\r\n",
+                "250-mx.example\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
+                "250 Ok\r\n250 Ok\r\n250 Ok\r\n250 2.0.0 chunk\r\n",
+                "550 5.2.1 <u1@mx.example> mailbox disabled\r\n250 2.0.0 <u2@mx.example> saved\r\n",
+                "221 Bye\r\n",
+            ]
+            .concat()],
+            eof: false,
+        },
+    );
+    assert_transcript(
+        &h,
+        "LHLO client.example\r\n\
+         MAIL FROM:<a@client.example>\r\nRCPT TO:<u1@mx.example>\r\nRCPT TO:<u2@mx.example>\r\n\
+         BDAT 4\r\nHi\r\nBDAT 0 LAST\r\n\
+         [report: refused at end of data 550 5.2.1 <u1@mx.example> mailbox disabled | sent 250]\
+         QUIT\r\n[close]",
+    );
+}
+
+#[test]
 fn lmtp_server_that_closes_after_k_of_n_replies() {
     let make = || {
         Harness::new(
@@ -914,6 +949,8 @@ fn parameters_go_out_only_where_offered() {
          RCPT TO:<b@mx.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@mx.example\r\n\
          RCPT TO:<c@mx.example> NOTIFY=NEVER\r\nDATA\r\n"
     ));
+    // Without DSN, SIZE or 8BITMIME, no parameter goes out, and the 8-bit text is sent as it
+    // is (no MIME downgrade).
     let h = smtp(
         vec![(m, "x\r\n")],
         &[&[GREETING, "250-mx\r\n250 PIPELINING\r\n", replies].concat()],
