@@ -92,9 +92,10 @@ pub enum Output {
     /// Bytes to write to the server, in order.
     Send(Vec<u8>),
     /// Flush what was sent, run the TLS handshake, and call
-    /// [`Session::handle_tls_established`] or [`Session::handle_tls_failed`]. Bytes read in
-    /// the clear meanwhile may be fed to [`Session::receive`], which throws them away; they
-    /// must never reach the TLS layer as if they were encrypted.
+    /// [`Session::handle_tls_established`] or [`Session::handle_tls_failed`]. The session
+    /// has already consumed and thrown away every byte it was given after the 220 (RFC 3207
+    /// section 4.2); bytes read in the clear before the handshake may still be fed to
+    /// [`Session::receive`], which drops them, but must never be given to the TLS layer.
     StartTls,
     /// The session is idle: call [`Session::start_message`] or [`Session::quit`].
     Ready,
@@ -365,7 +366,8 @@ impl Session {
     /// Answers [`Output::Ready`] with a message to send. Refused, with nothing written, when
     /// the session is not ready or the envelope holds anything that could not be written
     /// safely: a control character (CR, LF, ...) in an address, ENVID or ORCPT, an address
-    /// that does not parse back, ENVID or ORCPT that is not xtext.
+    /// that does not parse back, ENVID or ORCPT that is not xtext. The session then stays
+    /// ready: give it another message or quit.
     ///
     /// A message the server cannot take (it needs SMTPUTF8 and the server lacks it, or it
     /// is over the server's SIZE) is not sent: its [`Report`] and a new [`Output::Ready`]

@@ -176,7 +176,7 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Stage::Greeting => "the greeting",
-            Stage::Hello => "HELO",
+            Stage::Hello => "HELO/EHLO/LHLO",
             Stage::StartTls => "STARTTLS",
             Stage::Idle => "idle",
             Stage::Mail => "MAIL FROM",

@@ -742,13 +742,13 @@ fn ehlo_refused_falls_back_to_helo_but_not_in_lmtp() {
     );
     assert_transcript(
         &h,
-        "LHLO client.example\r\n[error: 500 5.5.2 what? (in reply to HELO)]QUIT\r\n[close]",
+        "LHLO client.example\r\n[error: 500 5.5.2 what? (in reply to HELO/EHLO/LHLO)]QUIT\r\n[close]",
     );
     // A temporary EHLO refusal is not a reason to try HELO.
     let h = smtp(vec![], &[GREETING, "450 busy\r\n"], false);
     assert_transcript(
         &h,
-        "EHLO client.example\r\n[error: 450 busy (in reply to HELO)]QUIT\r\n[close]",
+        "EHLO client.example\r\n[error: 450 busy (in reply to HELO/EHLO/LHLO)]QUIT\r\n[close]",
     );
 }
 
