@@ -80,17 +80,10 @@ fn timeouts_follow_rfc_5321() {
     assert_eq!(h.session.poll_timeout(), None);
 
     // DATA's 354, the text from the runtime, and the reply after the final dot.
-    let start = |piece| {
-        let mut config = config(Mode::Smtp);
-        config.chunking = false;
-        let mut h = Harness::new(
-            config,
-            vec![(message("a@client.example", &["b@mx.example"]), "Hi\r\n")],
-        );
-        h.piece = piece;
-        h
-    };
-    let mut h = start(7);
+    let mut h = Harness::new(
+        config_without_chunking(),
+        vec![(message("a@client.example", &["b@mx.example"]), "Hi\r\n")],
+    );
     h.feed(format!("{GREETING}{EHLO_PLAIN}250 Ok\r\n250 Ok\r\n").as_bytes());
     assert_eq!(h.session.poll_timeout(), Some(h.now + minutes(2)));
     h.feed(b"354 go\r\n");
@@ -103,11 +96,9 @@ fn timeouts_follow_rfc_5321() {
 
     // A runtime that stops feeding text: the harness feeds text at once, so the session
     // is driven by hand.
-    let mut config = config(Mode::Smtp);
-    config.chunking = false;
     #[allow(clippy::disallowed_methods)]
     let now = Instant::now();
-    let mut session = Session::new(Arc::new(config), now).unwrap();
+    let mut session = Session::new(Arc::new(config_without_chunking()), now).unwrap();
     session.receive(now, format!("{GREETING}{EHLO_PLAIN}").as_bytes());
     while session.poll_output().is_some() {}
     session
