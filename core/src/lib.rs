@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod net;
