@@ -169,6 +169,12 @@ pub enum Reply {
         /// Our host name.
         hostname: String,
     },
+    /// 421 4.7.0: the listener or the client's address has too many sessions already; the
+    /// runtime sends it instead of starting a session.
+    TooManyConnections {
+        /// Our host name.
+        hostname: String,
+    },
     /// 421 4.3.2: the server is shutting down.
     ShuttingDown {
         /// Our host name.
@@ -213,7 +219,7 @@ impl Reply {
             DomainTempFail(_) => 450,
             RecipientTempFail(_) | DeliveryFailed => 451,
             Timeout { .. } | TooManyErrors { .. } | TooManyAuthFailures { .. } => 421,
-            ShuttingDown { .. } => 421,
+            ShuttingDown { .. } | TooManyConnections { .. } => 421,
             BareLineEnding | Http => 521,
         }
     }
@@ -253,6 +259,7 @@ impl Reply {
             DeliveryRejected => "5.3.0",
             Timeout { .. } => "4.4.2",
             TooManyErrors { .. } | TooManyAuthFailures { .. } => "4.7.0",
+            TooManyConnections { .. } => "4.7.0",
             ShuttingDown { .. } => "4.3.2",
             Http => "5.7.0",
         };
@@ -288,7 +295,11 @@ impl Reply {
     /// Appends the reply, CRLF-terminated, to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
         let mut line = String::with_capacity(64);
-        if let Reply::Ehlo { hostname, extensions } = self {
+        if let Reply::Ehlo {
+            hostname,
+            extensions,
+        } = self
+        {
             let sep = if extensions.is_empty() { ' ' } else { '-' };
             let _ = write!(line, "250{sep}{hostname}\r\n");
             for (i, ext) in extensions.iter().enumerate() {
@@ -313,8 +324,14 @@ impl Reply {
     fn write_text(&self, s: &mut String) {
         use Reply::*;
         let _ = match self {
-            Greeting { hostname, mode: Mode::Smtp } => write!(s, "{hostname} ESMTP tern"),
-            Greeting { hostname, mode: Mode::Lmtp } => write!(s, "{hostname} LMTP tern"),
+            Greeting {
+                hostname,
+                mode: Mode::Smtp,
+            } => write!(s, "{hostname} ESMTP tern"),
+            Greeting {
+                hostname,
+                mode: Mode::Lmtp,
+            } => write!(s, "{hostname} LMTP tern"),
             Ehlo { .. } => std::fmt::Result::Ok(()),
             Helo { hostname } => write!(s, "{hostname}"),
             Reply::Ok | SenderOk | RecipientOk => write!(s, "Ok"),
@@ -335,7 +352,10 @@ impl Reply {
             AuthMalformed => write!(s, "Error: malformed authentication response"),
             AuthUnknownMechanism => write!(s, "Error: unsupported authentication mechanism"),
             AuthNeedsEncryption => {
-                write!(s, "Encryption required for requested authentication mechanism")
+                write!(
+                    s,
+                    "Encryption required for requested authentication mechanism"
+                )
             }
             AuthNotEnabled => write!(s, "Error: authentication not enabled"),
             AlreadyAuthenticated => write!(s, "Error: already authenticated"),
@@ -360,19 +380,31 @@ impl Reply {
                 write!(s, "<{rcpt}>: Recipient address rejected: User unknown")
             }
             NonFqdnRecipient(rcpt) => {
-                write!(s, "<{rcpt}>: Recipient address rejected: need fully-qualified address")
+                write!(
+                    s,
+                    "<{rcpt}>: Recipient address rejected: need fully-qualified address"
+                )
             }
             UnknownDomain(rcpt) => {
                 write!(s, "<{rcpt}>: Recipient address rejected: Domain not found")
             }
             DomainTempFail(rcpt) => {
-                write!(s, "<{rcpt}>: Recipient address rejected: Domain not found (temporary)")
+                write!(
+                    s,
+                    "<{rcpt}>: Recipient address rejected: Domain not found (temporary)"
+                )
             }
             RecipientTempFail(rcpt) => {
-                write!(s, "<{rcpt}>: Recipient address rejected: Temporary lookup failure")
+                write!(
+                    s,
+                    "<{rcpt}>: Recipient address rejected: Temporary lookup failure"
+                )
             }
             SenderLoginMismatch { sender, login } => {
-                write!(s, "<{sender}>: Sender address rejected: not owned by user {login}")
+                write!(
+                    s,
+                    "<{sender}>: Sender address rejected: not owned by user {login}"
+                )
             }
             AccessDenied(rcpt) => write!(s, "<{rcpt}>: Recipient address rejected: Access denied"),
             DeliveryFailed => write!(s, "Error: local delivery failed, try again later"),
@@ -383,6 +415,9 @@ impl Reply {
             TooManyErrors { hostname } => write!(s, "{hostname} Error: too many errors"),
             TooManyAuthFailures { hostname } => {
                 write!(s, "{hostname} Error: too many authentication failures")
+            }
+            TooManyConnections { hostname } => {
+                write!(s, "{hostname} Error: too many connections")
             }
             ShuttingDown { hostname } => write!(s, "{hostname} Service shutting down"),
             BareLineEnding => write!(s, "Error: bare CR or LF received"),
@@ -417,9 +452,15 @@ mod tests {
 
     #[test]
     fn greeting_has_no_enhanced_code() {
-        let greeting = Reply::Greeting { hostname: "mx.example".into(), mode: Mode::Smtp };
+        let greeting = Reply::Greeting {
+            hostname: "mx.example".into(),
+            mode: Mode::Smtp,
+        };
         assert_eq!(text(greeting), "220 mx.example ESMTP tern\r\n");
-        let greeting = Reply::Greeting { hostname: "mx.example".into(), mode: Mode::Lmtp };
+        let greeting = Reply::Greeting {
+            hostname: "mx.example".into(),
+            mode: Mode::Lmtp,
+        };
         assert_eq!(text(greeting), "220 mx.example LMTP tern\r\n");
     }
 
@@ -459,13 +500,33 @@ mod tests {
             (Reply::DeliveryFailed, "451 4.3.0 "),
             (Reply::DiskFull, "452 4.3.1 "),
             (Reply::ReadyToStartTls, "220 2.0.0 "),
-            (Reply::Timeout { hostname: "h".into() }, "421 4.4.2 "),
-            (Reply::TooManyErrors { hostname: "h".into() }, "421 4.7.0 "),
+            (
+                Reply::Timeout {
+                    hostname: "h".into(),
+                },
+                "421 4.4.2 ",
+            ),
+            (
+                Reply::TooManyErrors {
+                    hostname: "h".into(),
+                },
+                "421 4.7.0 ",
+            ),
         ];
         for (reply, prefix) in cases {
             let line = text(reply.clone());
             assert!(line.starts_with(prefix), "{reply:?}: {line}");
         }
+    }
+
+    #[test]
+    fn too_many_connections() {
+        assert_eq!(
+            text(Reply::TooManyConnections {
+                hostname: "mx.example".into()
+            }),
+            "421 4.7.0 mx.example Error: too many connections\r\n"
+        );
     }
 
     #[test]
