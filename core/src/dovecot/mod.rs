@@ -11,6 +11,29 @@
 //!
 //! Both machines use the SMTP session's verbs: `receive(now, bytes)`, `poll_output()`,
 //! `poll_timeout()`, `handle_timeout(now)`, and one `handle_*` method per question asked.
+//!
+//! ```no_run
+//! # use std::sync::Arc; use std::time::Instant;
+//! # use tern_core::dovecot::{Server, ServerConfig, ServerOutput};
+//! # let mut read = |_: &mut Vec<u8>| -> usize { 0 };
+//! let config = Arc::new(ServerConfig::new(std::process::id()));
+//! let mut server = Server::new(config, 1, [0; 16]); // connection number, random cookie
+//! let mut pending: Vec<u8> = Vec::new();
+//! loop {
+//!     // 1. Drain every output; answer each question with its `handle_*` method.
+//!     while let Some(output) = server.poll_output() {
+//!         match output {
+//!             ServerOutput::Close => return,
+//!             _ => { /* send bytes, check credentials, look up SCRAM keys ... */ }
+//!         }
+//!     }
+//!     // 2. Feed input; while a question is open the rest waits for the answer.
+//!     if pending.is_empty() && read(&mut pending) == 0 { return; }
+//!     let used = server.receive(Instant::now(), &pending);
+//!     pending.drain(..used);
+//!     // 3. Wake at `poll_timeout()` (held failures) and call `handle_timeout(now)`.
+//! }
+//! ```
 
 pub mod client;
 pub mod server;

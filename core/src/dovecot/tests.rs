@@ -664,3 +664,66 @@ fn client_debug_output_has_no_password() {
         )
     );
 }
+
+// ---- anything a peer may send ----
+
+/// Lines built from the protocol's own words, so random input reaches the deeper states.
+fn protocol_noise() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let token = prop_oneof![
+        Just("AUTH\t"),
+        Just("CONT\t"),
+        Just("CANCEL\t"),
+        Just("OK\t"),
+        Just("FAIL\t"),
+        Just("MECH\t"),
+        Just("DONE\n"),
+        Just("1\t"),
+        Just("2\t"),
+        Just("PLAIN\t"),
+        Just("LOGIN\t"),
+        Just("SCRAM-SHA-256\t"),
+        Just("service=smtp\t"),
+        Just("user=alice\t"),
+        Just("nologin\t"),
+        Just("code=temp_fail\t"),
+        Just("resp="),
+        Just("AGFsaWNlAHNlY3JldA=="),
+        Just("biwsbj11c2VyLHI9YWJj"),
+        Just("YWxpY2U="),
+        Just("\x01"),
+        Just("\t"),
+        Just("\n"),
+        Just("\r\n"),
+        Just("\u{0}"),
+    ];
+    proptest::collection::vec(token, 0..60).prop_map(|tokens| tokens.concat().into_bytes())
+}
+
+proptest::proptest! {
+    #[test]
+    fn server_never_panics(noise in protocol_noise(), raw in proptest::collection::vec(0u8.., 0..200)) {
+        for input in [noise.clone(), raw] {
+            let mut h = ServerHarness::new(server_config());
+            h.feed(POSTFIX_HELLO.as_bytes());
+            h.feed(&input);
+            h.finish();
+            proptest::prop_assert!(h.transcript.starts_with(HANDSHAKE));
+        }
+    }
+
+    #[test]
+    fn client_never_panics(noise in protocol_noise(), raw in proptest::collection::vec(0u8.., 0..200)) {
+        for (hello, input) in [("", noise.clone()), (SERVER_HELLO, noise), ("", raw)] {
+            let mut h = ClientHarness::new(&[request("alice", "secret"), request("bob", "x")]);
+            h.feed(hello.as_bytes());
+            h.feed(&input);
+            h.client.handle_eof();
+            h.drain();
+            // Every request is answered exactly once, whatever the server said.
+            for id in [1, 2] {
+                proptest::prop_assert_eq!(h.transcript.matches(&format!("[{id}: ")).count(), 1);
+            }
+        }
+    }
+}

@@ -184,7 +184,8 @@ impl Session {
         self.state = State::ExpectCommand(None);
         match line {
             b"*" => self.reply(Reply::AuthCancelled),
-            b"" => {
+            // Some clients send "=" for an empty response, as in an initial response.
+            b"" | b"=" => {
                 self.pending_mechanism = None;
                 self.login = Some((done.account, done.mechanism));
                 self.reply(Reply::AuthSucceeded);

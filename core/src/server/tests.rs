@@ -720,8 +720,9 @@ fn scram_sha_256_rfc_7677_exchange() {
     // The client-first as the initial response.
     let t = converse_with(
         || Harness::new(scram_submission(), untrusted()),
+        // Acknowledged with "=", as some clients do.
         &format!(
-            "EHLO c\r\nAUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n{SCRAM_CLIENT_FINAL}\r\n\r\n"
+            "EHLO c\r\nAUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n{SCRAM_CLIENT_FINAL}\r\n=\r\n"
         ),
     )
     .transcript;
