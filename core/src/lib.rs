@@ -5,6 +5,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod dovecot;
 pub mod net;
 pub mod policy;
 pub mod recipient;

@@ -1,11 +1,23 @@
-//! SASL server mechanisms: PLAIN (RFC 4616) and LOGIN (draft-murchison-sasl-login).
+//! SASL server mechanisms: PLAIN (RFC 4616), LOGIN (draft-murchison-sasl-login) and
+//! SCRAM-SHA-256 (RFC 5802, RFC 7677).
 //!
 //! A [`SaslServer`] runs one exchange. It speaks raw bytes: the SMTP session does the base64
-//! of RFC 4954 around it, so the same mechanisms can serve the Dovecot auth protocol later.
-//! It never checks a password itself; it hands back [`Credentials`] for the runtime to judge.
+//! of RFC 4954 around it, and the Dovecot auth protocol ([`crate::dovecot`]) does its own.
+//! For PLAIN and LOGIN it never checks a password itself: it hands back [`Credentials`] for
+//! the runtime to judge. For SCRAM it asks the runtime for the stored keys
+//! ([`Step::LookupScram`], answered with [`SaslServer::handle_scram_lookup`]) and checks the
+//! client's proof itself.
+
+mod scram;
 
 use std::fmt;
 use std::str::FromStr;
+
+use self::scram::{ClientFirst, FinalOutcome, ServerFirstSent};
+pub use self::scram::{
+    DEFAULT_ITERATIONS, MIN_ITERATIONS, ScramCredentials, ScramFormatError, ScramLookup,
+    ScramNonce, ScramSecret,
+};
 
 /// A SASL mechanism tern offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,6 +26,8 @@ pub enum Mechanism {
     Plain,
     /// The LOGIN mechanism that Outlook-era clients still use.
     Login,
+    /// RFC 7677, without channel binding.
+    ScramSha256,
 }
 
 impl Mechanism {
@@ -22,7 +36,13 @@ impl Mechanism {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
         }
+    }
+
+    /// Whether the password crosses the wire (Dovecot's `plaintext` mechanism flag).
+    pub fn is_plaintext(self) -> bool {
+        matches!(self, Mechanism::Plain | Mechanism::Login)
     }
 }
 
@@ -39,6 +59,7 @@ impl FromStr for Mechanism {
         match s.to_ascii_uppercase().as_str() {
             "PLAIN" => Ok(Mechanism::Plain),
             "LOGIN" => Ok(Mechanism::Login),
+            "SCRAM-SHA-256" => Ok(Mechanism::ScramSha256),
             _ => Err(()),
         }
     }
@@ -79,6 +100,36 @@ pub struct Credentials {
     pub password: Secret,
 }
 
+/// The runtime's verdict on [`Credentials`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// The credentials are right; `login` is the account's canonical name.
+    Ok {
+        /// The account name.
+        login: String,
+    },
+    /// Wrong password or unknown user (the client is not told which).
+    Fail,
+    /// The credential backend could not be asked.
+    TempFail,
+}
+
+/// An exchange that the mechanism itself verified (SCRAM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The mechanism used.
+    pub mechanism: Mechanism,
+    /// The authorization identity; empty when the client asked for none.
+    pub authzid: String,
+    /// The authentication identity as the client gave it.
+    pub login: String,
+    /// The account's canonical name, from the runtime's lookup.
+    pub account: String,
+    /// The server's last message (SCRAM's server-final `v=...`), which the protocol must
+    /// still deliver: SMTP as a 334 challenge, Dovecot's protocol in `OK`'s `resp=`.
+    pub final_message: Vec<u8>,
+}
+
 /// The next step of an exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -86,6 +137,16 @@ pub enum Step {
     Challenge(Vec<u8>),
     /// The exchange is complete; check these credentials.
     Done(Credentials),
+    /// Look up the SCRAM credentials of this login (as the client gave it) and answer with
+    /// [`SaslServer::handle_scram_lookup`].
+    LookupScram(String),
+    /// The mechanism verified the client itself.
+    Authenticated(Authenticated),
+    /// Wrong password or unknown user, found by the mechanism itself (the client is not told
+    /// which).
+    Failed,
+    /// The credential store could not be asked.
+    Unavailable,
     /// The client's message is malformed for this mechanism.
     Malformed,
 }
@@ -101,6 +162,9 @@ enum State {
     ExpectPlainResponse,
     ExpectLoginUsername,
     ExpectLoginPassword { login: String },
+    ExpectScramClientFirst,
+    AwaitScramLookup(ClientFirst),
+    ExpectScramClientFinal(Box<ServerFirstSent>),
     Finished,
 }
 
@@ -114,13 +178,38 @@ impl SaslServer {
             Mechanism::Login => SaslServer {
                 state: State::ExpectLoginUsername,
             },
+            Mechanism::ScramSha256 => SaslServer {
+                state: State::ExpectScramClientFirst,
+            },
         };
         let step = match (mechanism, initial) {
             (_, Some(response)) => server.step(response),
-            (Mechanism::Plain, None) => Step::Challenge(Vec::new()),
+            (Mechanism::Plain | Mechanism::ScramSha256, None) => Step::Challenge(Vec::new()),
             (Mechanism::Login, None) => Step::Challenge(b"Username:".to_vec()),
         };
         (server, step)
+    }
+
+    /// Answers [`Step::LookupScram`] with the stored keys and the server's part of the
+    /// nonce, which the runtime draws at random; `secret` derives stand-in keys for unknown
+    /// users. Called in any other state, it returns [`Step::Malformed`].
+    pub fn handle_scram_lookup(
+        &mut self,
+        lookup: ScramLookup,
+        nonce: &ScramNonce,
+        secret: &ScramSecret,
+    ) -> Step {
+        let State::AwaitScramLookup(first) = std::mem::replace(&mut self.state, State::Finished)
+        else {
+            return Step::Malformed;
+        };
+        match scram::server_first(first, lookup, nonce, secret) {
+            Some((sent, message)) => {
+                self.state = State::ExpectScramClientFinal(Box::new(sent));
+                Step::Challenge(message)
+            }
+            None => Step::Unavailable,
+        }
     }
 
     /// Feeds the client's next (decoded) response.
@@ -143,7 +232,32 @@ impl SaslServer {
                 }),
                 None => Step::Malformed,
             },
-            State::Finished => Step::Malformed,
+            State::ExpectScramClientFirst => match scram::parse_client_first(response) {
+                Some(first) => {
+                    let login = first.login.clone();
+                    self.state = State::AwaitScramLookup(first);
+                    Step::LookupScram(login)
+                }
+                None => Step::Malformed,
+            },
+            State::ExpectScramClientFinal(sent) => {
+                match scram::verify_client_final(*sent, response) {
+                    FinalOutcome::Verified {
+                        first,
+                        account,
+                        server_final,
+                    } => Step::Authenticated(Authenticated {
+                        mechanism: Mechanism::ScramSha256,
+                        authzid: first.authzid,
+                        login: first.login,
+                        account,
+                        final_message: server_final,
+                    }),
+                    FinalOutcome::Failed => Step::Failed,
+                    FinalOutcome::Malformed => Step::Malformed,
+                }
+            }
+            State::AwaitScramLookup(_) | State::Finished => Step::Malformed,
         }
     }
 }
@@ -233,6 +347,61 @@ mod tests {
         let (mut server, step) = SaslServer::start(Mechanism::Login, Some(b"bob"));
         assert_eq!(step, Step::Challenge(b"Password:".to_vec()));
         assert_eq!(done(server.step(b"pw")).login, "bob");
+    }
+
+    #[test]
+    fn scram_through_the_sasl_server() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let salt = b64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let credentials = ScramCredentials::from_password("pencil", &salt, 4096);
+        let secret = ScramSecret::new(b"s".to_vec());
+        let nonce = ScramNonce::new("%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0").unwrap();
+
+        let (mut server, step) = SaslServer::start(Mechanism::ScramSha256, None);
+        assert_eq!(step, Step::Challenge(Vec::new()));
+        assert_eq!(
+            server.step(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"),
+            Step::LookupScram("user".into())
+        );
+        // Client input while the lookup is outstanding is a protocol error.
+        let mut early = server.clone();
+        assert_eq!(early.step(b"c=biws"), Step::Malformed);
+
+        let lookup = ScramLookup::Found {
+            account: "user@example.net".into(),
+            credentials,
+        };
+        let Step::Challenge(first) = server.handle_scram_lookup(lookup, &nonce, &secret) else {
+            panic!("expected server-first");
+        };
+        assert!(first.starts_with(b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"));
+        let step = server.step(
+            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+        );
+        assert_eq!(
+            step,
+            Step::Authenticated(Authenticated {
+                mechanism: Mechanism::ScramSha256,
+                authzid: String::new(),
+                login: "user".into(),
+                account: "user@example.net".into(),
+                final_message: b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec(),
+            })
+        );
+        assert_eq!(server.step(b""), Step::Malformed);
+
+        let (mut server, step) = SaslServer::start(Mechanism::ScramSha256, Some(b"n,,n=x,r=abc"));
+        assert_eq!(step, Step::LookupScram("x".into()));
+        assert_eq!(
+            server.handle_scram_lookup(ScramLookup::TempFail, &nonce, &secret),
+            Step::Unavailable
+        );
+        let (_, step) = SaslServer::start(Mechanism::ScramSha256, Some(b"p=tls-unique,,n=x,r=a"));
+        assert_eq!(step, Step::Malformed);
+        assert_eq!("scram-sha-256".parse(), Ok(Mechanism::ScramSha256));
+        assert!(!Mechanism::ScramSha256.is_plaintext() && Mechanism::Login.is_plaintext());
     }
 
     #[test]

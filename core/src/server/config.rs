@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::policy::Restriction;
 use crate::recipient::Policy;
 use crate::reply::Mode;
-use crate::sasl::Mechanism;
+use crate::sasl::{Mechanism, ScramSecret};
 
 /// A listener's TLS setting (SPEC.md section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +77,12 @@ pub struct Config {
     pub auth: AuthMode,
     /// Whether AUTH is allowed without TLS.
     pub plaintext_auth: bool,
-    /// The SASL mechanisms offered, in order.
+    /// The SASL mechanisms offered, in order. List SCRAM-SHA-256 only where the credential
+    /// store can serve SCRAM keys (accounts stored as `{SCRAM-SHA-256}` or `{PLAIN}`).
     pub mechanisms: Vec<Mechanism>,
+    /// The per-server secret for SCRAM's stand-in credentials of unknown users; without it
+    /// SCRAM-SHA-256 is not offered even if listed.
+    pub scram_secret: Option<ScramSecret>,
     /// The RCPT restrictions, in order (ignored in LMTP mode).
     pub restrictions: Vec<Restriction>,
     /// The limits.
@@ -109,6 +113,7 @@ impl Config {
             },
             plaintext_auth: false,
             mechanisms: vec![Mechanism::Plain, Mechanism::Login],
+            scram_secret: None,
             restrictions,
             limits: Limits::default(),
             policy: Policy {

@@ -34,6 +34,7 @@
 //! runtime's answer to a question, message text (DATA or a BDAT chunk), or the TLS
 //! handshake. A fatal error replaces the state with `Closed` and its reply goes out once.
 
+mod auth;
 mod config;
 mod line;
 #[cfg(test)]
@@ -44,8 +45,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 
 pub use self::config::{AuthMode, Config, Limits, TlsMode};
@@ -57,7 +56,8 @@ use crate::policy::Restriction;
 use crate::recipient::Destination;
 pub use crate::reply::Mode;
 use crate::reply::{self, Reply};
-use crate::sasl::{Credentials, Mechanism, SaslServer, Step};
+pub use crate::sasl::AuthVerdict;
+use crate::sasl::{Authenticated, Credentials, Mechanism, SaslServer};
 
 /// The longest command line, without CRLF (RFC 5321 section 4.5.3.1.4: 512 with CRLF).
 const COMMAND_LINE_MAX: usize = 510;
@@ -87,6 +87,9 @@ pub enum Output {
     StartTls,
     /// Check these credentials and answer with [`Session::handle_auth`].
     Authenticate(Credentials),
+    /// Look up the SCRAM-SHA-256 credentials of this login (as the client typed it) and
+    /// answer with [`Session::handle_scram_lookup`].
+    LookupScram(String),
     /// Does this local account exist? Answer with [`Session::handle_recipient`]. The address
     /// has aliases and the recipient delimiter already applied (`bob@example.net`).
     CheckRecipient(String),
@@ -133,20 +136,6 @@ pub struct Recipient {
     pub params: RcptParams,
     /// Where copies go, after aliases and the recipient delimiter.
     pub destinations: Vec<Destination>,
-}
-
-/// The runtime's answer to [`Output::Authenticate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthVerdict {
-    /// The credentials are right; `login` is the account's canonical name.
-    Ok {
-        /// The account name.
-        login: String,
-    },
-    /// Wrong password or unknown user (the client is not told which).
-    Fail,
-    /// The credential backend could not be asked.
-    TempFail,
 }
 
 /// The runtime's answer to [`Output::CheckRecipient`] or [`Output::CheckDomain`].
@@ -219,6 +208,10 @@ enum State {
     ExpectSaslResponse(SaslServer),
     /// Waiting for the runtime's verdict on credentials.
     AwaitAuthVerdict,
+    /// Waiting for the runtime's SCRAM credentials and nonce.
+    AwaitScramLookup(SaslServer),
+    /// SCRAM's server-final went out as a 334; waiting for the client's empty line.
+    ExpectScramAck(Authenticated),
     /// Holding a failed AUTH's reply until `auth_failure_delay` has passed.
     AwaitFailureDelay(Instant),
     /// Waiting for the runtime's answer to a recipient or domain question.
@@ -321,13 +314,16 @@ impl Session {
                 // client pipelined behind STARTTLS is thrown away, never executed.
                 State::Closed | State::AwaitTlsHandshake => rest.len(),
                 State::AwaitAuthVerdict
+                | State::AwaitScramLookup(_)
                 | State::AwaitFailureDelay(_)
                 | State::AwaitRecipientLookup(..)
                 | State::AwaitDelivery(_) => break,
                 State::ExpectDataText(..) => self.read_data(rest),
                 State::ExpectChunk(..) => self.read_chunk(rest),
                 State::DiscardChunk(..) => self.discard_chunk(rest),
-                State::ExpectCommand(_) | State::ExpectSaslResponse(_) => self.read_line(now, rest),
+                State::ExpectCommand(_)
+                | State::ExpectSaslResponse(_)
+                | State::ExpectScramAck(_) => self.read_line(now, rest),
             };
         }
         if pos > 0 {
@@ -386,24 +382,6 @@ impl Session {
         self.login = None;
         self.line = LineReader::default();
         self.state = State::ExpectCommand(None);
-        self.rearm(now);
-    }
-
-    /// Answers [`Output::Authenticate`].
-    pub fn handle_auth(&mut self, now: Instant, verdict: AuthVerdict) {
-        if !matches!(self.state, State::AwaitAuthVerdict) {
-            return;
-        }
-        self.state = State::ExpectCommand(None);
-        match verdict {
-            AuthVerdict::Ok { login } => {
-                let mechanism = self.pending_mechanism.take().unwrap_or(Mechanism::Plain);
-                self.login = Some((login, mechanism));
-                self.reply(Reply::AuthSucceeded);
-            }
-            AuthVerdict::Fail => self.auth_failed(now),
-            AuthVerdict::TempFail => self.reply(Reply::AuthUnavailable),
-        }
         self.rearm(now);
     }
 
@@ -487,7 +465,9 @@ impl Session {
     pub fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
         match &self.state {
-            State::ExpectCommand(None) | State::ExpectSaslResponse(_) => {
+            State::ExpectCommand(None)
+            | State::ExpectSaslResponse(_)
+            | State::ExpectScramAck(_) => {
                 let hostname = self.config.hostname.clone();
                 self.fatal(Reply::ShuttingDown { hostname });
             }
@@ -532,7 +512,7 @@ impl Session {
             LineEvent::BareLineEnding => self.fatal(Reply::BareLineEnding),
             LineEvent::Overlong => {
                 let reply = match self.state {
-                    State::ExpectSaslResponse(_) => {
+                    State::ExpectSaslResponse(_) | State::ExpectScramAck(_) => {
                         self.state = State::ExpectCommand(None);
                         Reply::AuthLineTooLong
                     }
@@ -547,6 +527,7 @@ impl Session {
                 let line = self.line.take();
                 match std::mem::replace(&mut self.state, State::Closed) {
                     State::ExpectSaslResponse(sasl) => self.handle_sasl_response(now, sasl, &line),
+                    State::ExpectScramAck(done) => self.handle_scram_ack(done, &line),
                     State::ExpectCommand(tx) => {
                         self.state = State::ExpectCommand(tx);
                         self.handle_command_line(now, &line);
@@ -656,7 +637,7 @@ impl Session {
             list.push("STARTTLS".to_owned());
         }
         if self.auth_allowed_now() {
-            let names: Vec<&str> = self.config.mechanisms.iter().map(|m| m.name()).collect();
+            let names: Vec<&str> = self.offered_mechanisms().map(|m| m.name()).collect();
             list.push(format!("AUTH {}", names.join(" ")));
         }
         for ext in [
@@ -678,7 +659,7 @@ impl Session {
     fn auth_allowed_now(&self) -> bool {
         self.config.auth != AuthMode::None
             && self.login.is_none()
-            && !self.config.mechanisms.is_empty()
+            && self.offered_mechanisms().next().is_some()
             && (self.tls_active || self.config.plaintext_auth)
     }
 
@@ -1145,105 +1126,6 @@ impl Session {
         self.push(Output::StartTls);
         self.state = State::AwaitTlsHandshake;
     }
-
-    fn auth(&mut self, now: Instant, mechanism: &str, initial: Option<String>) {
-        if self.config.auth == AuthMode::None {
-            self.reply(Reply::AuthNotEnabled);
-            return;
-        }
-        if self.helo.is_none() {
-            self.reply(Reply::BadSequence("send HELO/EHLO first"));
-            return;
-        }
-        if self.login.is_some() {
-            self.reply(Reply::AlreadyAuthenticated);
-            return;
-        }
-        if matches!(self.state, State::ExpectCommand(Some(_))) {
-            self.reply(Reply::AuthInTransaction);
-            return;
-        }
-        if !self.tls_active && !self.config.plaintext_auth {
-            self.reply(Reply::AuthNeedsEncryption);
-            return;
-        }
-        let Some(mechanism) = mechanism
-            .parse::<Mechanism>()
-            .ok()
-            .filter(|m| self.config.mechanisms.contains(m))
-        else {
-            self.reply(Reply::AuthUnknownMechanism);
-            return;
-        };
-        let initial = match initial.as_deref() {
-            None => None,
-            Some("=") => Some(Vec::new()),
-            Some(text) => match BASE64.decode(text) {
-                Ok(bytes) => Some(bytes),
-                Err(_) => {
-                    self.reply(Reply::AuthBadBase64);
-                    return;
-                }
-            },
-        };
-        self.pending_mechanism = Some(mechanism);
-        let (sasl, step) = SaslServer::start(mechanism, initial.as_deref());
-        self.sasl_step(now, sasl, step);
-    }
-
-    fn handle_sasl_response(&mut self, now: Instant, mut sasl: SaslServer, line: &[u8]) {
-        self.state = State::ExpectCommand(None);
-        if line == b"*" {
-            self.reply(Reply::AuthCancelled);
-            return;
-        }
-        let Ok(response) = BASE64.decode(line) else {
-            self.reply(Reply::AuthBadBase64);
-            return;
-        };
-        let step = sasl.step(&response);
-        self.sasl_step(now, sasl, step);
-    }
-
-    fn sasl_step(&mut self, now: Instant, sasl: SaslServer, step: Step) {
-        match step {
-            Step::Challenge(challenge) => {
-                self.reply_intermediate(Reply::Challenge(BASE64.encode(challenge)));
-                self.state = State::ExpectSaslResponse(sasl);
-            }
-            Step::Malformed => {
-                self.state = State::ExpectCommand(None);
-                self.reply(Reply::AuthMalformed);
-            }
-            // tern has no master users: asking to act as someone else fails like a wrong
-            // password, without telling the client which.
-            Step::Done(credentials)
-                if !credentials.authzid.is_empty() && credentials.authzid != credentials.login =>
-            {
-                self.state = State::ExpectCommand(None);
-                self.auth_failed(now);
-            }
-            Step::Done(credentials) => {
-                self.state = State::AwaitAuthVerdict;
-                self.push(Output::Authenticate(credentials));
-            }
-        }
-    }
-
-    fn auth_failed(&mut self, now: Instant) {
-        self.auth_failures += 1;
-        let delay = self.config.limits.auth_failure_delay;
-        if delay.is_zero() {
-            self.state = State::ExpectCommand(None);
-            self.reply(Reply::AuthFailed);
-            if self.auth_failures >= self.config.limits.auth_failures {
-                let hostname = self.config.hostname.clone();
-                self.fatal(Reply::TooManyAuthFailures { hostname });
-            }
-        } else {
-            self.state = State::AwaitFailureDelay(now + delay);
-        }
-    }
 }
 
 // Output and bookkeeping.
@@ -1353,6 +1235,7 @@ impl Session {
         self.deadline = match &self.state {
             State::Closed
             | State::AwaitAuthVerdict
+            | State::AwaitScramLookup(_)
             | State::AwaitRecipientLookup(..)
             | State::AwaitDelivery(_)
             | State::AwaitTlsHandshake => None,
@@ -1360,7 +1243,7 @@ impl Session {
             State::ExpectDataText(..) | State::ExpectChunk(..) | State::DiscardChunk(..) => {
                 Some(now + limits.data_timeout)
             }
-            State::ExpectCommand(_) | State::ExpectSaslResponse(_) => {
+            State::ExpectCommand(_) | State::ExpectSaslResponse(_) | State::ExpectScramAck(_) => {
                 Some(now + limits.command_timeout)
             }
         };

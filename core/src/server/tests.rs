@@ -2,11 +2,15 @@
 //! every offset, with identical output required.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64_STANDARD;
 
 use super::*;
 use crate::recipient::{Aliases, Policy};
+use crate::sasl::{ScramCredentials, ScramLookup, ScramNonce, ScramSecret};
 
 const GREETING: &str = "220 mx.example.net ESMTP tern\r\n";
 const EHLO: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n\
@@ -139,6 +143,19 @@ impl Harness {
                         _ => AuthVerdict::Fail,
                     };
                     self.session.handle_auth(self.now, verdict);
+                }
+                Output::LookupScram(login) => {
+                    self.questions.push(format!("scram {login}"));
+                    let lookup = match login.as_str() {
+                        "user" => ScramLookup::Found {
+                            account: "user@example.net".into(),
+                            credentials: pencil(),
+                        },
+                        "down" => ScramLookup::TempFail,
+                        _ => ScramLookup::UnknownUser,
+                    };
+                    let nonce = ScramNonce::new("%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0").unwrap();
+                    self.session.handle_scram_lookup(self.now, lookup, &nonce);
                 }
                 Output::CheckRecipient(account) => {
                     self.questions.push(account.clone());
@@ -609,6 +626,192 @@ fn auth_errors() {
     assert_ends(
         &t,
         "334 \r\n500 5.5.6 Error: authentication response too long\r\n250 2.0.0 Ok\r\n",
+    );
+}
+
+/// RFC 7677 section 3's stored keys for "user" / "pencil".
+fn pencil() -> ScramCredentials {
+    // Derived once: conversations run at every split point, and PBKDF2 is slow unoptimised.
+    static PENCIL: OnceLock<ScramCredentials> = OnceLock::new();
+    PENCIL
+        .get_or_init(|| {
+            let salt = BASE64_STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+            ScramCredentials::from_password("pencil", &salt, 4096)
+        })
+        .clone()
+}
+
+fn scram_submission() -> Config {
+    let mut config = submission();
+    config.mechanisms = vec![Mechanism::ScramSha256, Mechanism::Plain];
+    config.scram_secret = Some(ScramSecret::new(b"per-server secret".to_vec()));
+    config
+}
+
+// RFC 7677 section 3, base64-wrapped as RFC 4954 carries it.
+const SCRAM_CLIENT_FIRST: &str = "biwsbj11c2VyLHI9ck9wck5HZndFYmVSV2diTkVrcU8=";
+const SCRAM_SERVER_FIRST: &str = "cj1yT3ByTkdmd0ViZVJXZ2JORWtxTyVodllEcFdVYTJSYVRDQWZ1eEZJbGopaE5sRiRrMCxzPVcyMlphSjBTTlk3c29Fc1VFamI2Z1E9PSxpPTQwOTY=";
+const SCRAM_CLIENT_FINAL: &str = "Yz1iaXdzLHI9ck9wck5HZndFYmVSV2diTkVrcU8laHZZRHBXVWEyUmFUQ0FmdXhGSWxqKWhObEYkazAscD1kSHpiWmFwV0lrNGpVaE4rVXRlOXl0YWc5empmTUhnc3FtbWl6N0FuZFZRPQ==";
+const SCRAM_SERVER_FINAL: &str = "dj02cnJpVFJCaTIzV3BSUi93dHVwK21NaFVaVW4vZEI1bkxUSlJzamw5NUc0PQ==";
+/// The same with one bit of the proof flipped.
+const SCRAM_BAD_FINAL: &str = "Yz1iaXdzLHI9ck9wck5HZndFYmVSV2diTkVrcU8laHZZRHBXVWEyUmFUQ0FmdXhGSWxqKWhObEYkazAscD1lSHpiWmFwV0lrNGpVaE4rVXRlOXl0YWc5empmTUhnc3FtbWl6N0FuZFZRPQ==";
+
+/// Asks to act as bob while authenticating as user.
+const AS_BOB_FIRST: &str = "n,a=bob,n=user,r=rOprNGfwEbeRWgbNEkqO";
+
+/// A SCRAM client's client-final for `client_first`, against the harness's server-first.
+fn scram_client_final(client_first: &str, password: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+    let hmac = |key: &[u8], data: &[u8]| {
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes()
+    };
+    let (gs2_rest, bare) = client_first.split_at(client_first.find(",n=").unwrap() + 1);
+    let server_first = String::from_utf8(BASE64_STANDARD.decode(SCRAM_SERVER_FIRST).unwrap());
+    let server_first = server_first.unwrap();
+    let nonce = server_first.split(',').next().unwrap();
+    let without_proof = format!("c={},{nonce}", BASE64_STANDARD.encode(gs2_rest));
+    let mut salted = [0u8; 32];
+    let salt = BASE64_STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, 4096, &mut salted);
+    let client_key = hmac(&salted, b"Client Key");
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac(&Sha256::digest(client_key), auth_message.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(signature.iter())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    format!("{without_proof},p={}", BASE64_STANDARD.encode(proof))
+}
+
+#[test]
+fn scram_sha_256_rfc_7677_exchange() {
+    // The test client agrees with the RFC's example.
+    let client_first = String::from_utf8(BASE64_STANDARD.decode(SCRAM_CLIENT_FIRST).unwrap());
+    assert_eq!(
+        BASE64_STANDARD.encode(scram_client_final(&client_first.unwrap(), "pencil")),
+        SCRAM_CLIENT_FINAL
+    );
+
+    let h = converse_with(
+        || Harness::new(scram_submission(), untrusted()),
+        &format!(
+            "EHLO c\r\nAUTH SCRAM-SHA-256\r\n{SCRAM_CLIENT_FIRST}\r\n{SCRAM_CLIENT_FINAL}\r\n\r\n\
+             MAIL FROM:<user@example.net>\r\nRCPT TO:<x@example.org>\r\nDATA\r\nhi\r\n.\r\n"
+        ),
+    );
+    assert!(h.transcript.contains("250-AUTH SCRAM-SHA-256 PLAIN\r\n"));
+    assert!(
+        h.transcript.contains(&format!(
+            "334 \r\n334 {SCRAM_SERVER_FIRST}\r\n334 {SCRAM_SERVER_FINAL}\r\n\
+             235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n"
+        )),
+        "{}",
+        h.transcript
+    );
+    assert_eq!(h.questions, ["scram user"]);
+    let envelope = &h.envelopes[0];
+    assert_eq!(envelope.login.as_deref(), Some("user@example.net"));
+    assert_eq!(envelope.mechanism, Some(Mechanism::ScramSha256));
+
+    // The client-first as the initial response.
+    let t = converse_with(
+        || Harness::new(scram_submission(), untrusted()),
+        // Acknowledged with "=", as some clients do.
+        &format!(
+            "EHLO c\r\nAUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n{SCRAM_CLIENT_FINAL}\r\n=\r\n"
+        ),
+    )
+    .transcript;
+    assert_ends(
+        &t,
+        &format!(
+            "334 {SCRAM_SERVER_FIRST}\r\n334 {SCRAM_SERVER_FINAL}\r\n\
+             235 2.7.0 Authentication successful\r\n"
+        ),
+    );
+}
+
+#[test]
+fn scram_failures_look_like_wrong_passwords() {
+    // Wrong proof for a known user, and the same proof for an unknown one: both get a
+    // server-first, both get the delayed 535 after client-final.
+    let t = converse_with(
+        || Harness::new(scram_submission(), untrusted()),
+        &format!(
+            "EHLO c\r\nAUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n{SCRAM_BAD_FINAL}\r\n\
+             AUTH SCRAM-SHA-256 biwsbj1ub2JvZHkscj1yT3ByTkdmd0ViZVJXZ2JORWtxTw==\r\n\
+             {SCRAM_CLIENT_FINAL}\r\nNOOP\r\n"
+        ),
+    )
+    .transcript;
+    let failed = "535 5.7.8 Error: authentication failed\r\n";
+    assert!(
+        t.contains(&format!("334 {SCRAM_SERVER_FIRST}\r\n{failed}334 ")),
+        "{t}"
+    );
+    assert_ends(&t, &format!("{failed}250 2.0.0 Ok\r\n"));
+
+    let mut h = Harness::new(scram_submission(), untrusted());
+    h.feed(
+        format!("EHLO c\r\nAUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n{SCRAM_BAD_FINAL}\r\n")
+            .as_bytes(),
+    );
+    assert!(
+        !h.transcript.contains("535"),
+        "the failure waits for the delay"
+    );
+    h.advance(Duration::from_secs(2));
+    assert_ends(&h.transcript, failed);
+
+    // Backend down, cancel at each step, a non-empty acknowledgement, channel binding,
+    // acting as someone else.
+    let t = converse_with(
+        || Harness::new(scram_submission(), untrusted()),
+        &format!(
+            "EHLO c\r\nAUTH SCRAM-SHA-256 biwsbj1kb3duLHI9YWJj\r\n\
+             AUTH SCRAM-SHA-256\r\n*\r\nAUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n*\r\n\
+             AUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n{SCRAM_CLIENT_FINAL}\r\n*\r\n\
+             AUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n{SCRAM_CLIENT_FINAL}\r\neA==\r\n\
+             AUTH SCRAM-SHA-256 cD10bHMtdW5pcXVlLCxuPXVzZXIscj1hYmM=\r\n\
+             AUTH SCRAM-SHA-256 {}\r\n{}\r\nNOOP\r\n",
+            BASE64_STANDARD.encode(AS_BOB_FIRST),
+            BASE64_STANDARD.encode(scram_client_final(AS_BOB_FIRST, "pencil")),
+        ),
+    )
+    .transcript;
+    assert_ends(
+        &t,
+        &format!(
+            "454 4.7.0 Temporary authentication failure\r\n\
+             334 \r\n501 5.0.0 Authentication cancelled\r\n\
+             334 {SCRAM_SERVER_FIRST}\r\n501 5.0.0 Authentication cancelled\r\n\
+             334 {SCRAM_SERVER_FIRST}\r\n334 {SCRAM_SERVER_FINAL}\r\n\
+             501 5.0.0 Authentication cancelled\r\n\
+             334 {SCRAM_SERVER_FIRST}\r\n334 {SCRAM_SERVER_FINAL}\r\n\
+             501 5.5.2 Error: malformed authentication response\r\n\
+             501 5.5.2 Error: malformed authentication response\r\n\
+             334 {SCRAM_SERVER_FIRST}\r\n{failed}250 2.0.0 Ok\r\n"
+        ),
+    );
+}
+
+#[test]
+fn scram_is_offered_only_with_a_secret() {
+    let mut config = scram_submission();
+    config.scram_secret = None;
+    let t = converse_with(
+        || Harness::new(config.clone(), untrusted()),
+        &format!("EHLO c\r\nAUTH SCRAM-SHA-256 {SCRAM_CLIENT_FIRST}\r\n"),
+    )
+    .transcript;
+    assert!(t.contains("250-AUTH PLAIN\r\n"), "{t}");
+    assert_ends(
+        &t,
+        "504 5.5.4 Error: unsupported authentication mechanism\r\n",
     );
 }
 
