@@ -257,6 +257,8 @@ impl Run {
                 }
                 Output::MessageAbort => self.transcript.extend_from_slice(b"[abort]"),
                 Output::Close => self.transcript.extend_from_slice(b"[close]"),
+                Output::AuthFailed(_) => self.transcript.extend_from_slice(b"[auth failed]"),
+                Output::LookupScram(_) => {}
             }
         }
         any

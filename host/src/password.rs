@@ -16,7 +16,9 @@ use std::str::FromStr;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use sha_crypt::ShaCrypt;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tern_core::sasl::ScramCredentials;
 
 /// A password scheme, named as Dovecot names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +33,9 @@ pub enum Scheme {
     Sha256Crypt,
     /// The password itself. Logged with a warning when an accounts file uses it.
     Plain,
+    /// Dovecot's `SCRAM-SHA-256`: iterations, salt, stored key and server key (RFC 5802), so
+    /// SCRAM-SHA-256 logins work without the password being stored.
+    ScramSha256,
 }
 
 /// Why a stored password could not be checked. Never carries the stored string, since for
@@ -61,6 +66,11 @@ pub fn hash_password(scheme: Scheme, password: &str) -> String {
         Scheme::Sha512Crypt => hash_sha_crypt(ShaCrypt::SHA512, "$6$", password),
         Scheme::Sha256Crypt => hash_sha_crypt(ShaCrypt::SHA256, "$5$", password),
         Scheme::Plain => password.to_owned(),
+        Scheme::ScramSha256 => {
+            let credentials =
+                ScramCredentials::from_password(password, &random_bytes::<16>(), SCRAM_ROUNDS);
+            return credentials.to_dovecot();
+        }
     };
     format!("{{{scheme}}}{hash}")
 }
@@ -79,6 +89,15 @@ pub fn verify_password(stored: &str, password: &str) -> Result<bool, PasswordErr
 
     match scheme {
         Scheme::Plain => Ok(hash.as_bytes().ct_eq(password).into()),
+        Scheme::ScramSha256 => {
+            let stored = ScramCredentials::from_dovecot(hash)
+                .map_err(|_| PasswordError::Malformed(scheme))?;
+            let password =
+                std::str::from_utf8(password).map_err(|_| PasswordError::Malformed(scheme))?;
+            let derived =
+                ScramCredentials::from_password(password, &stored.salt, stored.iterations);
+            Ok(derived.stored_key.ct_eq(&stored.stored_key).into())
+        }
         Scheme::Argon2id => {
             let parsed = PasswordHash::new(hash).map_err(|_| PasswordError::Malformed(scheme))?;
             if parsed.algorithm.as_str() != "argon2id" {
@@ -122,6 +141,7 @@ impl Scheme {
             Scheme::Sha512Crypt => "SHA512-CRYPT",
             Scheme::Sha256Crypt => "SHA256-CRYPT",
             Scheme::Plain => "PLAIN",
+            Scheme::ScramSha256 => "SCRAM-SHA-256",
         }
     }
 }
@@ -142,6 +162,7 @@ impl FromStr for Scheme {
             Scheme::Sha512Crypt,
             Scheme::Sha256Crypt,
             Scheme::Plain,
+            Scheme::ScramSha256,
         ];
         if let Some(scheme) = all.into_iter().find(|v| v.name().eq_ignore_ascii_case(s)) {
             return Ok(scheme);
@@ -191,6 +212,39 @@ pub(crate) fn dummy_argon2id_hash() -> String {
         hash_argon2id(b"tern-dummy", &argon2_params())
     )
 }
+
+/// The SCRAM credentials of a stored password: read from a `{SCRAM-SHA-256}` entry, or
+/// derived from a `{PLAIN}` one with a salt made from `secret` and the login, so the salt a
+/// client sees stays the same from one login to the next. Other schemes cannot serve SCRAM.
+pub fn scram_credentials(stored: &str, login: &str, secret: &[u8]) -> Option<ScramCredentials> {
+    match scheme_of(stored).ok()?? {
+        (Scheme::ScramSha256, hash) => ScramCredentials::from_dovecot(hash).ok(),
+        (Scheme::Plain, password) => {
+            let mut digest = Sha256::new();
+            digest.update(b"tern scram salt for plain\0");
+            digest.update(secret);
+            digest.update(login.as_bytes());
+            let salt = digest.finalize();
+            Some(ScramCredentials::from_password(
+                password,
+                &salt[..16],
+                SCRAM_ROUNDS,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a stored password can serve SCRAM-SHA-256 logins.
+pub fn serves_scram(stored: &str) -> bool {
+    matches!(
+        scheme_of(stored),
+        Ok(Some((Scheme::ScramSha256 | Scheme::Plain, _)))
+    )
+}
+
+/// Dovecot's default `scram_sha256` rounds.
+const SCRAM_ROUNDS: u32 = 4096;
 
 const BCRYPT_COST: u32 = 12;
 
@@ -498,5 +552,36 @@ mod tests {
         assert_eq!((fields[4].len(), fields[5].len()), (22, 43), "{stored}");
         // One verification only: at these costs each takes seconds in a debug build.
         assert_eq!(verify_password(&stored, "correct horse"), Ok(true));
+    }
+}
+
+#[cfg(test)]
+mod scram_tests {
+    use super::*;
+
+    #[test]
+    fn scram_entries_verify_plain_logins_and_give_their_keys() {
+        let stored = hash_password(Scheme::ScramSha256, "pencil");
+        assert!(stored.starts_with("{SCRAM-SHA-256}4096,"), "{stored}");
+        assert_eq!(verify_password(&stored, "pencil"), Ok(true));
+        assert_eq!(verify_password(&stored, "pencil!"), Ok(false));
+        assert!(serves_scram(&stored));
+
+        let keys = scram_credentials(&stored, "alice", b"secret").unwrap();
+        assert_eq!(keys.to_dovecot(), stored);
+    }
+
+    #[test]
+    fn plain_entries_give_stable_scram_keys_and_others_none() {
+        let a = scram_credentials("{PLAIN}pencil", "alice", b"secret").unwrap();
+        let b = scram_credentials("{PLAIN}pencil", "alice", b"secret").unwrap();
+        let other = scram_credentials("{PLAIN}pencil", "bob", b"secret").unwrap();
+        assert_eq!(a.to_dovecot(), b.to_dovecot());
+        assert_ne!(a.salt, other.salt);
+        assert_eq!(a, ScramCredentials::from_password("pencil", &a.salt, 4096));
+
+        let argon = hash_password(Scheme::Sha256Crypt, "pencil");
+        assert!(scram_credentials(&argon, "alice", b"secret").is_none());
+        assert!(!serves_scram(&argon));
     }
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 use tern_core::recipient::{Aliases, Policy};
 use tern_core::reply::{Mode, Reply};
-use tern_core::sasl::Mechanism;
+use tern_core::sasl::{Mechanism, ScramSecret};
 use tern_core::server::{self, AuthMode, Peer, Session, TlsMode};
 
 pub use self::connection::{Action, Answer, ConnectionHandler, Work};
@@ -67,6 +67,9 @@ pub struct Services {
     sessions: Vec<Option<Arc<server::Config>>>,
     spool_dir: PathBuf,
     counts: Mutex<Counts>,
+    /// Salts SCRAM keys made from `{PLAIN}` passwords; kept in `data_dir` so they stay the
+    /// same across restarts.
+    scram_secret: Vec<u8>,
 }
 
 /// A connection that was admitted; dropping it frees its place in the connection limits.
@@ -116,10 +119,27 @@ impl Services {
             ),
             None => None,
         };
+        let scram_secret = load_scram_secret(&config.data_dir)?;
+        // SPEC.md section 4: SCRAM-SHA-256 is offered only where it can succeed, which needs
+        // an account whose stored password can give SCRAM keys. The check is made at start.
+        let scram = accounts.as_ref().is_some_and(|accounts| {
+            accounts
+                .users()
+                .iter()
+                .any(|a| crate::password::serves_scram(&a.password))
+        });
         let sessions = config
             .listeners
             .iter()
-            .map(|listener| session_config(&config, listener).map(Arc::new))
+            .map(|listener| {
+                session_config(&config, listener).map(|mut session| {
+                    if scram && session.mode == Mode::Smtp {
+                        session.mechanisms.push(Mechanism::ScramSha256);
+                        session.scram_secret = Some(ScramSecret::new(scram_secret.clone()));
+                    }
+                    Arc::new(session)
+                })
+            })
             .collect();
 
         let services = Services {
@@ -132,6 +152,7 @@ impl Services {
             tls,
             sessions,
             spool_dir,
+            scram_secret,
         };
         services.clean_maildirs();
         Ok(services)
@@ -310,6 +331,7 @@ pub fn session_config(config: &Config, listener: &config::Listener) -> Option<se
         },
         plaintext_auth: listener.plaintext_auth,
         mechanisms: vec![Mechanism::Plain, Mechanism::Login],
+        scram_secret: None,
         restrictions: listener.restrictions.clone(),
         limits: server::Limits {
             message_size: limits.message_size,
@@ -327,6 +349,33 @@ pub fn session_config(config: &Config, listener: &config::Listener) -> Option<se
             aliases,
         },
     })
+}
+
+/// Reads `data_dir/scram-secret`, creating it (32 random bytes, mode 0600) on first start.
+fn load_scram_secret(data_dir: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let path = data_dir.join("scram-secret");
+    let failed = |e: std::io::Error| StartError(format!("{}: {e}", path.display()));
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 16 => return Ok(secret),
+        Ok(_) => return Err(StartError(format!("{}: too short", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let mut secret = vec![0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| StartError(format!("random source: {e}")))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    file.write_all(&secret)
+        .and_then(|()| file.sync_all())
+        .map_err(failed)?;
+    Ok(secret)
 }
 
 impl fmt::Display for StartError {

@@ -135,6 +135,7 @@ impl Session {
                 if !credentials.authzid.is_empty() && credentials.authzid != credentials.login =>
             {
                 self.state = State::ExpectCommand(None);
+                self.push(Output::AuthFailed(credentials.mechanism));
                 self.auth_failed(now);
             }
             Step::Done(credentials) => {
@@ -147,6 +148,7 @@ impl Session {
             }
             Step::Authenticated(done) if !done.authzid.is_empty() && done.authzid != done.login => {
                 self.state = State::ExpectCommand(None);
+                self.push(Output::AuthFailed(done.mechanism));
                 self.auth_failed(now);
             }
             Step::Authenticated(done) => {
@@ -155,6 +157,8 @@ impl Session {
             }
             Step::Failed => {
                 self.state = State::ExpectCommand(None);
+                let mechanism = self.pending_mechanism.unwrap_or(Mechanism::ScramSha256);
+                self.push(Output::AuthFailed(mechanism));
                 self.auth_failed(now);
             }
             Step::Unavailable => {

@@ -90,6 +90,10 @@ pub enum Output {
     /// Look up the SCRAM-SHA-256 credentials of this login (as the client typed it) and
     /// answer with [`Session::handle_scram_lookup`].
     LookupScram(String),
+    /// An AUTH failed on the session's own judgement (a wrong SCRAM proof, a request to act
+    /// as another user): for the log only, nothing to answer. Failures the runtime judged
+    /// through [`Output::Authenticate`] are not reported again.
+    AuthFailed(Mechanism),
     /// Does this local account exist? Answer with [`Session::handle_recipient`]. The address
     /// has aliases and the recipient delimiter already applied (`bob@example.net`).
     CheckRecipient(String),

@@ -193,6 +193,10 @@ impl Harness {
                 }
                 Output::MessageAbort => self.transcript.push_str("[abort]"),
                 Output::Close => self.transcript.push_str("[close]"),
+                Output::AuthFailed(mechanism) => {
+                    self.transcript
+                        .push_str(&format!("[auth failed {mechanism}]"));
+                }
             }
         }
         any
@@ -750,7 +754,9 @@ fn scram_failures_look_like_wrong_passwords() {
     .transcript;
     let failed = "535 5.7.8 Error: authentication failed\r\n";
     assert!(
-        t.contains(&format!("334 {SCRAM_SERVER_FIRST}\r\n{failed}334 ")),
+        t.contains(&format!(
+            "334 {SCRAM_SERVER_FIRST}\r\n[auth failed SCRAM-SHA-256]{failed}334 "
+        )),
         "{t}"
     );
     assert_ends(&t, &format!("{failed}250 2.0.0 Ok\r\n"));
@@ -794,7 +800,7 @@ fn scram_failures_look_like_wrong_passwords() {
              334 {SCRAM_SERVER_FIRST}\r\n334 {SCRAM_SERVER_FINAL}\r\n\
              501 5.5.2 Error: malformed authentication response\r\n\
              501 5.5.2 Error: malformed authentication response\r\n\
-             334 {SCRAM_SERVER_FIRST}\r\n{failed}250 2.0.0 Ok\r\n"
+             334 {SCRAM_SERVER_FIRST}\r\n[auth failed SCRAM-SHA-256]{failed}250 2.0.0 Ok\r\n"
         ),
     );
 }

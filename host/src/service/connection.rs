@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use tern_core::address::ReversePath;
 use tern_core::recipient::Destination;
 use tern_core::reply::Mode;
-use tern_core::sasl::Credentials;
+use tern_core::sasl::{Credentials, ScramLookup, ScramNonce};
 use tern_core::server::{
     AuthVerdict, DeliveryReport, Envelope, Lookup, Output, Peer, RcptOutcome, Session,
 };
@@ -53,6 +53,8 @@ pub enum Answer {
     Domain(Lookup),
     /// For `Output::MessageEnd`.
     Delivery(DeliveryReport),
+    /// For `Output::LookupScram`, with the server's part of the nonce.
+    Scram(ScramLookup, ScramNonce),
 }
 
 /// Does the blocking work of one connection and keeps the message being received.
@@ -96,6 +98,7 @@ impl Answer {
             Answer::Recipient(lookup) => session.handle_recipient(now, lookup),
             Answer::Domain(lookup) => session.handle_domain(now, lookup),
             Answer::Delivery(report) => session.handle_delivery(now, report),
+            Answer::Scram(lookup, nonce) => session.handle_scram_lookup(now, lookup, &nonce),
         }
     }
 }
@@ -142,6 +145,15 @@ impl ConnectionHandler {
                 Some(Answer::Recipient(self.check_account(&account)))
             }
             Output::CheckDomain(domain) => Some(Answer::Domain(resolve_domain(&domain))),
+            Output::LookupScram(login) => Some(self.lookup_scram(&login)),
+            Output::AuthFailed(mechanism) => {
+                let client = client_name(self.peer.client);
+                self.log(&format!(
+                    "warning: {client}: SASL {mechanism} authentication failed: \
+                     authentication failure"
+                ));
+                None
+            }
             Output::MessageStart(envelope) => {
                 self.start_message(envelope);
                 None
@@ -198,6 +210,32 @@ impl ConnectionHandler {
                 AuthVerdict::TempFail
             }
         }
+    }
+
+    /// SCRAM keys for `login`. An account without them, or marked `nologin`, answers as an
+    /// unknown user would, so the exchange fails at the proof like a wrong password.
+    fn lookup_scram(&self, login: &str) -> Answer {
+        let mut random = [0u8; 18];
+        let nonce_ok = getrandom::fill(&mut random).is_ok();
+        let nonce = ScramNonce::from_random(&random);
+        let lookup = match &self.services.accounts {
+            _ if !nonce_ok => ScramLookup::TempFail,
+            None => ScramLookup::TempFail,
+            Some(accounts) => match accounts.lookup(login) {
+                Some(account) if !account.extra.iter().any(|(key, _)| key == "nologin") => {
+                    let secret = &self.services.scram_secret;
+                    match crate::password::scram_credentials(&account.password, login, secret) {
+                        Some(credentials) => ScramLookup::Found {
+                            account: account.user,
+                            credentials,
+                        },
+                        None => ScramLookup::UnknownUser,
+                    }
+                }
+                _ => ScramLookup::UnknownUser,
+            },
+        };
+        Answer::Scram(lookup, nonce)
     }
 
     fn check_account(&self, account: &str) -> Lookup {
