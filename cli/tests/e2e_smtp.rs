@@ -124,6 +124,7 @@ fn pipelined_transaction_is_stored_byte_for_byte() {
             &files[0],
             &Trace {
                 return_path: "sender@example.org",
+                by: "mx.test",
                 delivered_to: rcpt,
                 from: "client.test (unknown [127.0.0.1])",
                 protocol: "ESMTP",
@@ -160,6 +161,7 @@ fn postmaster_goes_to_the_alias_target() {
         &files[0],
         &Trace {
             return_path: "",
+            by: "mx.test",
             delivered_to: "alice@mx.test",
             from: "client.test (unknown [127.0.0.1])",
             protocol: "SMTP",

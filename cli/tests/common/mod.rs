@@ -78,7 +78,10 @@ impl Fixture {
 
         // alice gets a real hash made by `tern passwd`; bob a {PLAIN} one, which SPEC allows.
         let hash = tern_passwd("SHA512-CRYPT", PASSWORD);
-        assert!(hash.starts_with("{SHA512-CRYPT}$6$"), "tern passwd printed {hash:?}");
+        assert!(
+            hash.starts_with("{SHA512-CRYPT}$6$"),
+            "tern passwd printed {hash:?}"
+        );
         let home = |name: &str| {
             let h = root.join("home").join(name);
             fs::create_dir_all(&h).unwrap();
@@ -160,6 +163,12 @@ path = "{r}/lmtp.sock"
         self.dir.path()
     }
 
+    /// Rewrites the config file, for tests that need one thing different.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        fs::write(&self.config, edit(text)).unwrap();
+    }
+
     /// `new/` of a user's Maildir.
     pub fn new_dir(&self, user: &str) -> PathBuf {
         self.maildir(user).join("new")
@@ -207,7 +216,10 @@ pub fn tern_passwd(scheme: &str, password: &str) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 /// A running `tern serve`; stopped with SIGTERM (then SIGKILL) when dropped.
@@ -370,6 +382,14 @@ pub fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Held by every test that uses the fixed ports of the embedded default (2525, 2587, 2465),
+/// so no two such tests in one test binary run at once. Test binaries run one after another
+/// under `cargo test`.
+pub fn fixed_ports_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Picks a TCP port that is free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -396,8 +416,8 @@ impl Client<TcpStream> {
 
 impl Client<UnixStream> {
     pub fn unix(path: &Path) -> Client<UnixStream> {
-        let stream = UnixStream::connect(path)
-            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        let stream =
+            UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
         Client::new(stream)
@@ -441,7 +461,12 @@ impl<S: Read + Write> Client<S> {
     #[track_caller]
     pub fn expect(&mut self, expected: &str) {
         let got = self.reply();
-        assert_eq!(got, expected, "after {:?}", String::from_utf8_lossy(&self.buf));
+        assert_eq!(
+            got,
+            expected,
+            "after {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
     }
 
     /// Reads one reply and asserts it starts with `prefix` (for replies with free text).
@@ -541,7 +566,12 @@ pub fn wait_files(new: &Path, n: usize) -> Vec<Delivered> {
             // A moment more, to catch an extra file arriving late.
             thread::sleep(Duration::from_millis(50));
             let again = read_files(new);
-            assert_eq!(again.len(), n, "more files than expected in {}", new.display());
+            assert_eq!(
+                again.len(),
+                n,
+                "more files than expected in {}",
+                new.display()
+            );
             return again;
         }
         assert!(
@@ -612,6 +642,8 @@ pub fn assert_file_name(file: &Delivered, pid: u32, host: &str) {
 /// What the trace headers of one stored copy must say.
 pub struct Trace<'a> {
     pub return_path: &'a str,
+    /// Our hostname, in `by ... (tern)`.
+    pub by: &'a str,
     pub delivered_to: &'a str,
     /// `from ... (...)` part, such as `client.test (unknown [127.0.0.1])`.
     pub from: &'a str,
@@ -631,8 +663,8 @@ pub struct Trace<'a> {
 pub fn assert_stored(file: &Delivered, trace: &Trace, body: &[u8]) {
     let text = &file.bytes;
     let head = format!(
-        "Return-Path: <{}>\nDelivered-To: {}\nReceived: from {}\n\tby mx.test (tern) with {}",
-        trace.return_path, trace.delivered_to, trace.from, trace.protocol
+        "Return-Path: <{}>\nDelivered-To: {}\nReceived: from {}\n\tby {} (tern) with {}",
+        trace.return_path, trace.delivered_to, trace.from, trace.by, trace.protocol
     );
     let shown = String::from_utf8_lossy(text);
     assert!(
@@ -648,7 +680,9 @@ pub fn assert_stored(file: &Delivered, trace: &Trace, body: &[u8]) {
             .and_then(|r| r.split_once(')'))
             .map(|(c, _)| c)
             .unwrap_or_else(|| panic!("no TLS clause in\n{shown}"));
-        let (version, suite) = clause.split_once(' ').expect("TLS clause is `VERSION SUITE`");
+        let (version, suite) = clause
+            .split_once(' ')
+            .expect("TLS clause is `VERSION SUITE`");
         assert!(
             version == "TLS1.3" || version == "TLS1.2",
             "TLS version {version:?}"
