@@ -169,6 +169,12 @@ pub enum Reply {
         /// Our host name.
         hostname: String,
     },
+    /// 421 4.7.0: the listener or the client's address has too many sessions already; the
+    /// runtime sends it instead of starting a session.
+    TooManyConnections {
+        /// Our host name.
+        hostname: String,
+    },
     /// 421 4.3.2: the server is shutting down.
     ShuttingDown {
         /// Our host name.
@@ -213,7 +219,7 @@ impl Reply {
             DomainTempFail(_) => 450,
             RecipientTempFail(_) | DeliveryFailed => 451,
             Timeout { .. } | TooManyErrors { .. } | TooManyAuthFailures { .. } => 421,
-            ShuttingDown { .. } => 421,
+            ShuttingDown { .. } | TooManyConnections { .. } => 421,
             BareLineEnding | Http => 521,
         }
     }
@@ -253,6 +259,7 @@ impl Reply {
             DeliveryRejected => "5.3.0",
             Timeout { .. } => "4.4.2",
             TooManyErrors { .. } | TooManyAuthFailures { .. } => "4.7.0",
+            TooManyConnections { .. } => "4.7.0",
             ShuttingDown { .. } => "4.3.2",
             Http => "5.7.0",
         };
@@ -409,6 +416,9 @@ impl Reply {
             TooManyAuthFailures { hostname } => {
                 write!(s, "{hostname} Error: too many authentication failures")
             }
+            TooManyConnections { hostname } => {
+                write!(s, "{hostname} Error: too many connections")
+            }
             ShuttingDown { hostname } => write!(s, "{hostname} Service shutting down"),
             BareLineEnding => write!(s, "Error: bare CR or LF received"),
             Http => write!(s, "Error: HTTP request on the mail port"),
@@ -507,6 +517,16 @@ mod tests {
             let line = text(reply.clone());
             assert!(line.starts_with(prefix), "{reply:?}: {line}");
         }
+    }
+
+    #[test]
+    fn too_many_connections() {
+        assert_eq!(
+            text(Reply::TooManyConnections {
+                hostname: "mx.example".into()
+            }),
+            "421 4.7.0 mx.example Error: too many connections\r\n"
+        );
     }
 
     #[test]

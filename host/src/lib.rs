@@ -7,4 +7,5 @@ pub mod headers;
 pub mod log;
 pub mod maildir;
 pub mod password;
+pub mod service;
 pub mod tls;

@@ -1,0 +1,499 @@
+//! One connection's side of the work: credentials, recipient and domain lookups, spooling
+//! and delivering messages, and the log lines that go with them.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tern_core::address::ReversePath;
+use tern_core::recipient::Destination;
+use tern_core::reply::Mode;
+use tern_core::sasl::Credentials;
+use tern_core::server::{
+    AuthVerdict, DeliveryReport, Envelope, Lookup, Output, Peer, RcptOutcome, Session,
+};
+
+use super::{Admission, Services};
+use crate::accounts::{self, expand_mailbox_path};
+use crate::headers::{self, ReceivedInfo};
+use crate::log::client_name;
+use crate::maildir::{Copy, DeliveryError, Spool};
+
+/// Headers are searched for `Message-ID:` in at most this many leading octets.
+const HEADER_SCAN_LIMIT: usize = 16 * 1024;
+
+/// What a runtime does with one output of a session.
+#[derive(Debug)]
+pub enum Action {
+    /// Write these bytes to the client.
+    Send(Vec<u8>),
+    /// Flush, run the TLS handshake, then call [`ConnectionHandler::tls_established`] and
+    /// `Session::handle_tls_established`; on failure drop the connection.
+    StartTls,
+    /// Flush and close the connection.
+    Close,
+    /// Blocking work for [`ConnectionHandler::work`].
+    Work(Work),
+}
+
+/// An output that [`ConnectionHandler::work`] performs.
+#[derive(Debug)]
+pub struct Work(Output);
+
+/// The answer to feed back into the session after [`ConnectionHandler::work`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// For `Output::Authenticate`.
+    Auth(AuthVerdict),
+    /// For `Output::CheckRecipient`.
+    Recipient(Lookup),
+    /// For `Output::CheckDomain`.
+    Domain(Lookup),
+    /// For `Output::MessageEnd`.
+    Delivery(DeliveryReport),
+}
+
+/// Does the blocking work of one connection and keeps the message being received.
+pub struct ConnectionHandler {
+    services: Arc<Services>,
+    /// Held for the connection's lifetime: its place in the connection limits.
+    admission: Admission,
+    peer: Peer,
+    tls: Option<(String, String)>,
+    message: Option<Message>,
+}
+
+struct Message {
+    queue_id: String,
+    envelope: Envelope,
+    /// `None` once a write failed: the message can then only be refused.
+    spool: Option<Spool>,
+    started: Instant,
+    size: u64,
+    header: Vec<u8>,
+    header_done: bool,
+}
+
+impl From<Output> for Action {
+    fn from(output: Output) -> Action {
+        match output {
+            Output::Send(bytes) => Action::Send(bytes),
+            Output::StartTls => Action::StartTls,
+            Output::Close => Action::Close,
+            other => Action::Work(Work(other)),
+        }
+    }
+}
+
+impl Answer {
+    /// Hands the answer to the session it was asked for.
+    pub fn apply(self, session: &mut Session, now: Instant) {
+        match self {
+            Answer::Auth(verdict) => session.handle_auth(now, verdict),
+            Answer::Recipient(lookup) => session.handle_recipient(now, lookup),
+            Answer::Domain(lookup) => session.handle_domain(now, lookup),
+            Answer::Delivery(report) => session.handle_delivery(now, report),
+        }
+    }
+}
+
+impl ConnectionHandler {
+    pub(super) fn new(
+        services: Arc<Services>,
+        admission: Admission,
+        peer: Peer,
+        tls: Option<(String, String)>,
+    ) -> ConnectionHandler {
+        let handler = ConnectionHandler {
+            services,
+            admission,
+            peer,
+            tls,
+            message: None,
+        };
+        handler.log(&format!("connect from {}", client_name(peer.client)));
+        handler
+    }
+
+    /// Records the negotiated TLS version and cipher after STARTTLS, for `Received:`.
+    pub fn tls_established(&mut self, info: Option<(String, String)>) {
+        self.tls = info;
+    }
+
+    /// Does `work` with blocking calls; returns the answer the session waits for, if any.
+    pub fn work(&mut self, work: Work) -> Option<Answer> {
+        match work.0 {
+            Output::Authenticate(credentials) => {
+                Some(Answer::Auth(self.authenticate(&credentials)))
+            }
+            Output::CheckRecipient(account) => {
+                Some(Answer::Recipient(self.check_account(&account)))
+            }
+            Output::CheckDomain(domain) => Some(Answer::Domain(resolve_domain(&domain))),
+            Output::MessageStart(envelope) => {
+                self.start_message(envelope);
+                None
+            }
+            Output::MessageData(bytes) => {
+                self.message_data(&bytes);
+                None
+            }
+            Output::MessageAbort => {
+                self.message = None;
+                None
+            }
+            Output::MessageEnd => Some(Answer::Delivery(self.deliver())),
+            Output::Send(_) | Output::StartTls | Output::Close => None,
+        }
+    }
+
+    /// The connection is over: logs `disconnect from` with the session's command counts and
+    /// throws away a message still being received.
+    pub fn finish(self, session: &Session) {
+        self.log(&format!(
+            "disconnect from {} {}",
+            client_name(self.peer.client),
+            session.command_summary()
+        ));
+    }
+
+    fn authenticate(&self, credentials: &Credentials) -> AuthVerdict {
+        let Some(accounts) = &self.services.accounts else {
+            return AuthVerdict::TempFail;
+        };
+        let verdict = accounts.verify(&credentials.login, credentials.password.expose());
+
+        // Logging in as someone else (an authzid naming another user) is not offered.
+        let other_identity = !credentials.authzid.is_empty()
+            && accounts.lookup_key(&credentials.authzid) != accounts.lookup_key(&credentials.login);
+        let client = client_name(self.peer.client);
+        let mechanism = credentials.mechanism;
+        match verdict {
+            accounts::Verdict::Ok(account) if !other_identity => AuthVerdict::Ok {
+                login: account.user,
+            },
+            accounts::Verdict::Ok(_) | accounts::Verdict::Fail => {
+                self.log(&format!(
+                    "warning: {client}: SASL {mechanism} authentication failed: \
+                     authentication failure"
+                ));
+                AuthVerdict::Fail
+            }
+            accounts::Verdict::TempFail => {
+                self.log(&format!(
+                    "warning: {client}: SASL {mechanism} authentication temporarily unavailable"
+                ));
+                AuthVerdict::TempFail
+            }
+        }
+    }
+
+    fn check_account(&self, account: &str) -> Lookup {
+        match &self.services.accounts {
+            Some(accounts) if accounts.lookup(account).is_some() => Lookup::Found,
+            Some(_) => Lookup::NotFound,
+            None => Lookup::TempFail,
+        }
+    }
+
+    fn start_message(&mut self, envelope: Envelope) {
+        let queue_id = self.services.queue_ids.next();
+        let mut line = format!("{queue_id}: client={}", client_name(self.peer.client));
+        if let (Some(login), Some(mechanism)) = (&envelope.login, envelope.mechanism) {
+            line.push_str(&format!(", sasl_method={mechanism}, sasl_username={login}"));
+        }
+        self.log(&line);
+
+        let spool = match Spool::create(&self.services.spool_dir) {
+            Ok(spool) => Some(spool),
+            Err(e) => {
+                self.services
+                    .log
+                    .write("cleanup", &format!("warning: {queue_id}: {e}"));
+                None
+            }
+        };
+        self.message = Some(Message {
+            queue_id,
+            envelope,
+            spool,
+            started: Instant::now(),
+            size: 0,
+            header: Vec::new(),
+            header_done: false,
+        });
+    }
+
+    fn message_data(&mut self, bytes: &[u8]) {
+        let Some(message) = &mut self.message else {
+            return;
+        };
+        message.size += bytes.len() as u64;
+        if !message.header_done {
+            message.header.extend_from_slice(bytes);
+            message.header_done =
+                header_end(&message.header).is_some() || message.header.len() >= HEADER_SCAN_LIMIT;
+        }
+        if let Some(spool) = &mut message.spool
+            && let Err(e) = spool.write(bytes)
+        {
+            let id = &message.queue_id;
+            self.services.log.write(
+                "cleanup",
+                &format!("warning: {id}: spool write failed: {e}"),
+            );
+            message.spool = None;
+        }
+    }
+
+    /// Delivers the finished message to every local destination, all or nothing.
+    fn deliver(&mut self) -> DeliveryReport {
+        let Some(mut message) = self.message.take() else {
+            // The session sends MessageStart before MessageEnd; without one there is nothing
+            // that could be acknowledged.
+            return DeliveryReport {
+                queue_id: String::new(),
+                recipients: Vec::new(),
+            };
+        };
+        let services = Arc::clone(&self.services);
+        let log = &services.log;
+        let spool = message.spool.take();
+        let id = message.queue_id.clone();
+        let envelope = &message.envelope;
+        let sender = match &envelope.sender {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(mailbox) => mailbox.to_string(),
+        };
+        let all = |outcome| DeliveryReport {
+            queue_id: id.clone(),
+            recipients: vec![outcome; envelope.recipients.len()],
+        };
+
+        let message_id = message_id(&message.header).unwrap_or_else(|| "<none>".to_owned());
+        log.write("cleanup", &format!("{id}: message-id={message_id}"));
+        log.write(
+            "qmgr",
+            &format!(
+                "{id}: from=<{sender}>, size={}, nrcpt={} (queue active)",
+                message.size,
+                envelope.recipients.len()
+            ),
+        );
+
+        let destinations = destinations(envelope);
+        let defer = |reason: &str, dsn: &str| {
+            let delay = message.started.elapsed().as_secs_f64();
+            for (rcpt, destination) in &destinations {
+                let (to, relay) = match destination {
+                    Destination::Local { address, .. } => (address.as_str(), "local"),
+                    Destination::Remote(address) => (address.as_str(), "none"),
+                };
+                log.write(
+                    "local",
+                    &format!(
+                        "{id}: to=<{to}>{}, relay={relay}, delay={delay:.2}, dsn={dsn}, \
+                         status=deferred ({reason})",
+                        orig_to(rcpt, to)
+                    ),
+                );
+            }
+        };
+
+        let Some(spool) = spool else {
+            defer("cannot write the spool file", "4.3.0");
+            return all(RcptOutcome::TempFailure);
+        };
+        if destinations
+            .iter()
+            .any(|(_, d)| matches!(d, Destination::Remote(_)))
+        {
+            defer("outbound delivery not implemented", "4.3.0");
+            return all(RcptOutcome::TempFailure);
+        }
+
+        let info = ReceivedInfo {
+            helo: envelope.helo.clone(),
+            client_ip: self.peer.client,
+            hostname: services.config.hostname.clone(),
+            protocol: envelope.protocol,
+            tls: self.tls.clone(),
+            queue_id: id.clone(),
+            recipient: None,
+        };
+        let copies = match build_copies(&services, &sender, &info, &destinations, SystemTime::now())
+        {
+            Ok(copies) => copies,
+            Err(reason) => {
+                defer(&reason, "4.3.0");
+                return all(RcptOutcome::TempFailure);
+            }
+        };
+
+        match services.maildirs.deliver(spool, &copies) {
+            Ok(_) => {
+                let delay = message.started.elapsed().as_secs_f64();
+                for (rcpt, destination) in &destinations {
+                    if let Destination::Local { address, .. } = destination {
+                        log.write(
+                            "local",
+                            &format!(
+                                "{id}: to=<{address}>{}, relay=local, delay={delay:.2}, \
+                                 dsn=2.0.0, status=sent (delivered to maildir)",
+                                orig_to(rcpt, address)
+                            ),
+                        );
+                    }
+                }
+                all(RcptOutcome::Delivered)
+            }
+            Err(DeliveryError::DiskFull(e)) => {
+                defer(&format!("maildir delivery failed: {e}"), "4.3.1");
+                all(RcptOutcome::DiskFull)
+            }
+            Err(DeliveryError::Failed(e)) => {
+                defer(&format!("maildir delivery failed: {e}"), "4.3.0");
+                all(RcptOutcome::TempFailure)
+            }
+        }
+    }
+
+    /// Logs as `smtpd`, or as `lmtp` on an LMTP listener.
+    fn log(&self, text: &str) {
+        let lmtp = self.services.sessions[self.admission.listener]
+            .as_ref()
+            .is_some_and(|config| config.mode == Mode::Lmtp);
+        self.services
+            .log
+            .write(if lmtp { "lmtp" } else { "smtpd" }, text);
+    }
+}
+
+/// One Maildir copy per distinct final address, in the order first named. Fails with the
+/// reason when an account vanished since RCPT or its mailbox path cannot be made.
+pub(super) fn build_copies(
+    services: &Services,
+    sender: &str,
+    info: &ReceivedInfo,
+    destinations: &[(String, Destination)],
+    now: SystemTime,
+) -> Result<Vec<Copy>, String> {
+    let accounts = services.accounts.as_ref().ok_or("no accounts file")?;
+    let mut seen = HashSet::new();
+    let mut copies = Vec::new();
+    for (rcpt, destination) in destinations {
+        let Destination::Local { account, address } = destination else {
+            continue;
+        };
+        if !seen.insert(address.to_lowercase()) {
+            continue;
+        }
+        let found = accounts
+            .lookup(account)
+            .ok_or_else(|| format!("account {account} is gone"))?;
+
+        // %n and %d come from the lookup key when it names a domain (`%n@%d` formats), else
+        // from the recipient's address.
+        let key = accounts.lookup_key(account);
+        let address_domain = account.rsplit_once('@').map_or("", |(_, d)| d);
+        let (user, domain) = key
+            .split_once('@')
+            .unwrap_or((key.as_str(), address_domain));
+        let maildir = expand_mailbox_path(&services.config.mailbox.path, &found, user, domain)?;
+
+        let mut header = headers::return_path(sender);
+        header.push_str(&headers::delivered_to(address));
+        let info = ReceivedInfo {
+            recipient: Some(rcpt.clone()),
+            ..info.clone()
+        };
+        header.push_str(&headers::received(&info, now));
+        copies.push(Copy {
+            maildir,
+            headers: header.into_bytes(),
+        });
+    }
+    Ok(copies)
+}
+
+/// Every (envelope recipient, destination) pair, in envelope order.
+pub(super) fn destinations(envelope: &Envelope) -> Vec<(String, Destination)> {
+    envelope
+        .recipients
+        .iter()
+        .flat_map(|r| {
+            r.destinations
+                .iter()
+                .map(|d| (r.address.to_string(), d.clone()))
+        })
+        .collect()
+}
+
+/// Postfix's `, orig_to=<...>` when an alias or extension changed the address.
+fn orig_to(rcpt: &str, to: &str) -> String {
+    if rcpt.eq_ignore_ascii_case(to) {
+        String::new()
+    } else {
+        format!(", orig_to=<{rcpt}>")
+    }
+}
+
+/// Looks `domain` up with the system resolver (A and AAAA only; MX is not consulted yet).
+/// getaddrinfo does not say clearly why a lookup failed, so "no such name" is told from a
+/// temporary failure by the error text.
+fn resolve_domain(domain: &str) -> Lookup {
+    match (domain, 25).to_socket_addrs() {
+        Ok(mut addrs) => {
+            if addrs.next().is_some() {
+                Lookup::Found
+            } else {
+                Lookup::NotFound
+            }
+        }
+        Err(e) if is_no_such_name(&e) => Lookup::NotFound,
+        Err(_) => Lookup::TempFail,
+    }
+}
+
+fn is_no_such_name(e: &io::Error) -> bool {
+    let text = e.to_string();
+    [
+        "not known",
+        "No address associated",
+        "nodename nor servname",
+        "Name has no usable",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// Where the header section ends (the offset of the empty line's CRLF), if it does.
+fn header_end(text: &[u8]) -> Option<usize> {
+    if text.starts_with(b"\r\n") {
+        return Some(0);
+    }
+    memchr::memmem::find(text, b"\r\n\r\n").map(|at| at + 2)
+}
+
+/// The `Message-ID:` of a message's header section, unfolded and trimmed.
+pub(super) fn message_id(text: &[u8]) -> Option<String> {
+    let end = header_end(text).unwrap_or(text.len());
+    let header = String::from_utf8_lossy(&text[..end]);
+    let mut lines = header.split("\r\n").peekable();
+    while let Some(line) = lines.next() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.trim_end().eq_ignore_ascii_case("message-id") {
+            continue;
+        }
+        let mut value = value.trim().to_owned();
+        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
+            value.push_str(next.trim());
+        }
+        return (!value.is_empty()).then_some(value);
+    }
+    None
+}
