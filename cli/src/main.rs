@@ -1,1 +1,274 @@
-fn main() {}
+//! `tern`: the command line of SPEC.md section 1.
+//!
+//! Exit codes: 0 success, 1 a runtime failure (one line on stderr naming the file or
+//! address), 2 a usage or configuration error.
+//!
+//! Only the blocking runtime exists so far: `--runtime smol` and `--runtime mio` (and the
+//! `runtime` key) run it too, and say so on stderr. `replay`, `queue` and `sendmail` are not
+//! here yet.
+
+use std::io::{self, BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tern_host::config::{self, Config, RuntimeKind};
+use tern_host::password::{Scheme, hash_password};
+use tern_host::service::{self, Services};
+
+/// Where the embedded default keeps everything, relative to the working directory.
+const EMBEDDED_DATA_DIR: &str = "./tern-data";
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "A mail server: SMTP, submission, LMTP and Maildir"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every listener until SIGTERM or SIGINT.
+    Serve {
+        /// The configuration file; without one, the embedded default under ./tern-data.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The runtime; overrides `runtime` in the configuration.
+        #[arg(long, value_enum)]
+        runtime: Option<RuntimeArg>,
+    },
+    /// Print the effective configuration with every default filled in.
+    CheckConfig {
+        /// The configuration file; without one, the embedded default.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Read a password and print its `{SCHEME}hash` for an accounts file.
+    Passwd {
+        /// ARGON2ID, BLF-CRYPT, SHA512-CRYPT, SHA256-CRYPT or PLAIN.
+        #[arg(long, default_value = "ARGON2ID")]
+        scheme: String,
+    },
+    /// Manage the accounts file.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Write a self-signed certificate and key (cert.pem, key.pem).
+    Cert {
+        /// The host name the certificate is for.
+        #[arg(long)]
+        hostname: String,
+        /// The directory to write into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user, or replace its password, asking for the password.
+    Add {
+        /// The user name (`name` or `name@domain`).
+        name: String,
+        /// The configuration whose accounts file is changed; without one, the embedded
+        /// default's ./tern-data/users.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RuntimeArg {
+    Blocking,
+    Smol,
+    Mio,
+}
+
+/// A failure and the exit code it calls for.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, runtime } => serve(config.as_deref(), runtime),
+        Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::Passwd { scheme } => passwd(&scheme),
+        Command::User {
+            command: UserCommand::Add { name, config },
+        } => user_add(&name, config.as_deref()),
+        Command::Cert { hostname, out } => cert(&hostname, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("tern: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure> {
+    let (config, created) = match path {
+        Some(path) => (load(path)?, None),
+        None => {
+            let embedded = service::embedded(Path::new(EMBEDDED_DATA_DIR)).map_err(runtime_err)?;
+            (embedded.config, embedded.created)
+        }
+    };
+    if config.listeners.is_empty() {
+        return Err(usage("the configuration has no [[listener]]".to_owned()));
+    }
+
+    let requested = match runtime {
+        Some(RuntimeArg::Blocking) => RuntimeKind::Blocking,
+        Some(RuntimeArg::Smol) => RuntimeKind::Smol,
+        Some(RuntimeArg::Mio) => RuntimeKind::Mio,
+        None => config.runtime,
+    };
+    if requested == RuntimeKind::Blocking {
+        eprintln!("tern: runtime blocking");
+    } else {
+        eprintln!(
+            "tern: runtime blocking ({} is not built yet)",
+            requested.name()
+        );
+    }
+
+    let mailbox_path = config.mailbox.path.clone();
+    let postmaster = config
+        .aliases
+        .iter()
+        .find(|alias| alias.name == "postmaster")
+        .map(|alias| alias.targets.join(", "));
+    let users_file = config.accounts.file.clone();
+    let services = Arc::new(Services::new(config).map_err(runtime_err)?);
+    let bound = services.bind().map_err(runtime_err)?;
+    for name in services.unsupported_listeners() {
+        eprintln!("tern: listener {name}: the dovecot-auth protocol is not implemented yet");
+    }
+
+    let listeners: Vec<(String, String)> = bound
+        .iter()
+        .map(|b| (b.name.clone(), b.address.clone()))
+        .collect();
+    let ready = move || {
+        if let Some((name, password)) = &created {
+            let file = users_file.as_deref().unwrap_or(Path::new("users"));
+            println!(
+                "account: {name} password: {password} (shown once; stored hashed in {})",
+                file.display()
+            );
+        }
+        for (name, address) in &listeners {
+            println!("listening: {name} on {address}");
+        }
+        match &postmaster {
+            Some(target) => println!("mail: {mailbox_path} (postmaster goes to {target})"),
+            None => println!("mail: {mailbox_path}"),
+        }
+    };
+    tern_runtime_blocking::run(services, bound, ready)
+        .map_err(|e| runtime_err(format!("cannot run: {e}")))
+}
+
+fn check_config(path: Option<&Path>) -> Result<(), Failure> {
+    let config = match path {
+        Some(path) => load(path)?,
+        None => config::embedded_default(Path::new(EMBEDDED_DATA_DIR)),
+    };
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+fn passwd(scheme: &str) -> Result<(), Failure> {
+    let scheme: Scheme = scheme
+        .parse()
+        .map_err(|_| usage(format!("unknown password scheme {scheme}")))?;
+    let password = read_password()?;
+    println!("{}", hash_password(scheme, &password));
+    Ok(())
+}
+
+fn user_add(name: &str, path: Option<&Path>) -> Result<(), Failure> {
+    let config = match path {
+        Some(path) => load(path)?,
+        None => config::embedded_default(Path::new(EMBEDDED_DATA_DIR)),
+    };
+    let Some(file) = config.accounts.file else {
+        return Err(usage("the configuration has no [accounts] file".to_owned()));
+    };
+    let password = read_password()?;
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| runtime_err(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let stored = hash_password(Scheme::Argon2id, &password);
+    tern_host::accounts::add_user(&file, name, &stored).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => usage(e.to_string()),
+        _ => runtime_err(format!("{}: {e}", file.display())),
+    })?;
+    println!("{name} added to {}", file.display());
+    Ok(())
+}
+
+fn cert(hostname: &str, out: &Path) -> Result<(), Failure> {
+    let (cert, key) = (out.join("cert.pem"), out.join("key.pem"));
+    if cert.exists() || key.exists() {
+        return Err(runtime_err(format!(
+            "{} or {} exists already; remove them first",
+            cert.display(),
+            key.display()
+        )));
+    }
+    let (cert, key) = tern_host::tls::generate_self_signed(hostname, out).map_err(runtime_err)?;
+    println!("certificate: {}", cert.display());
+    println!("private key: {}", key.display());
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<Config, Failure> {
+    config::load(path).map_err(|e| usage(e.to_string()))
+}
+
+/// Reads a password: without echo (asked twice) on a terminal, else one line of stdin.
+fn read_password() -> Result<String, Failure> {
+    let password = if io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(runtime_err)?;
+        let again = rpassword::prompt_password("Retype password: ").map_err(runtime_err)?;
+        if first != again {
+            return Err(usage("the passwords differ".to_owned()));
+        }
+        first
+    } else {
+        let mut line = String::new();
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(runtime_err)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        return Err(usage("empty password".to_owned()));
+    }
+    Ok(password)
+}
+
+fn usage(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+fn runtime_err(error: impl ToString) -> Failure {
+    Failure {
+        code: 1,
+        message: error.to_string(),
+    }
+}

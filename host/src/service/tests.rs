@@ -1,1 +1,437 @@
+use std::fs;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tern_core::policy::Restriction;
+use tern_core::recipient::Destination;
+use tern_core::server::Peer;
+
+use super::connection::{build_copies, message_id};
+use super::*;
+use crate::accounts::add_user;
+use crate::headers::ReceivedInfo;
+use crate::password::{Scheme, hash_password};
+
+/// A site with two listeners, every session-relevant key set away from its default.
+fn site(dir: &Path, extra: &str) -> Config {
+    let text = format!(
+        r#"
+hostname = "mail.example.net"
+domains = ["example.net", "Example.COM."]
+trusted_networks = ["192.0.2.0/24"]
+data_dir = "{dir}/data"
+log = "{dir}/mail.log"
+
+[accounts]
+file = "{dir}/users"
+
+[mailbox]
+path = "{dir}/mail/%d/%n/Maildir"
+recipient_delimiter = "-"
+
+[aliases]
+postmaster = "bob"
+"sales@example.net" = ["bob@example.net", "carol@example.org"]
+
+[limits]
+message_size = 5000
+recipients = 7
+command_timeout = "30s"
+data_timeout = "40s"
+errors = 5
+auth_failures = 2
+auth_failure_delay = "100ms"
+{extra}
+
+[[listener]]
+name = "submission"
+protocol = "smtp"
+address = "127.0.0.1:0"
+tls = "none"
+auth = "required"
+plaintext_auth = true
+restrictions = ["permit_sasl_authenticated", "reject"]
+
+[[listener]]
+name = "lmtp"
+protocol = "lmtp"
+path = "{dir}/lmtp.sock"
+
+[[listener]]
+name = "auth"
+protocol = "dovecot-auth"
+path = "{dir}/auth.sock"
+"#,
+        dir = dir.display()
+    );
+    config::parse(&text, Path::new("test.toml")).expect("test config parses")
+}
+
+fn services(dir: &Path, extra: &str) -> Arc<Services> {
+    let users = dir.join("users");
+    add_user(&users, "bob", &hash_password(Scheme::Plain, "secret")).unwrap();
+    Arc::new(Services::new(site(dir, extra)).expect("services start"))
+}
+
+#[test]
+fn session_config_follows_the_listener_and_the_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = site(dir.path(), "");
+
+    let smtp = session_config(&config, &config.listeners[0]).unwrap();
+    assert_eq!(smtp.hostname, "mail.example.net");
+    assert_eq!(smtp.mode, Mode::Smtp);
+    assert_eq!(smtp.tls, TlsMode::None);
+    assert_eq!(smtp.auth, AuthMode::Required);
+    assert!(smtp.plaintext_auth);
+    assert_eq!(smtp.mechanisms, vec![Mechanism::Plain, Mechanism::Login]);
+    assert_eq!(
+        smtp.restrictions,
+        vec![Restriction::PermitSaslAuthenticated, Restriction::Reject]
+    );
+    assert_eq!(
+        smtp.limits,
+        server::Limits {
+            message_size: 5000,
+            recipients: 7,
+            command_timeout: Duration::from_secs(30),
+            data_timeout: Duration::from_secs(40),
+            errors: 5,
+            auth_failures: 2,
+            auth_failure_delay: Duration::from_millis(100),
+        }
+    );
+    assert_eq!(smtp.policy.domains, vec!["example.net", "example.com"]);
+    assert!(smtp.policy.is_trusted(Some("192.0.2.9".parse().unwrap())));
+    assert!(!smtp.policy.is_trusted(Some("127.0.0.1".parse().unwrap())));
+    assert_eq!(smtp.policy.recipient_delimiter, "-");
+
+    // The aliases arrive: the bare key in every local domain, the full one with its targets.
+    let mailbox = |text: &str| tern_core::address::Mailbox::parse(text).unwrap();
+    assert_eq!(
+        smtp.policy
+            .resolve_local(&mailbox("postmaster@example.com"), None),
+        vec![Destination::Local {
+            account: "bob@example.com".into(),
+            address: "bob@example.com".into()
+        }]
+    );
+    assert_eq!(
+        smtp.policy
+            .resolve_local(&mailbox("sales@example.net"), None)
+            .len(),
+        2
+    );
+
+    let lmtp = session_config(&config, &config.listeners[1]).unwrap();
+    assert_eq!(lmtp.mode, Mode::Lmtp);
+    assert_eq!(lmtp.auth, AuthMode::None);
+    assert!(lmtp.restrictions.is_empty());
+    assert!(session_config(&config, &config.listeners[2]).is_none());
+}
+
+#[test]
+fn unimplemented_features_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = site(dir.path(), "");
+    config.delivery.local = LocalDelivery::Lmtp(config::LmtpTarget::Unix("/x".into()));
+    let error = Services::new(config).err().unwrap();
+    assert!(error.0.contains("not implemented"), "{error}");
+}
+
+#[test]
+fn a_missing_accounts_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = Services::new(site(dir.path(), "")).err().unwrap();
+    assert!(
+        error
+            .0
+            .contains(&dir.path().join("users").display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn copies_carry_their_own_trace_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), "");
+    let info = ReceivedInfo {
+        helo: Some("client.example".into()),
+        client_ip: Some("192.0.2.7".parse().unwrap()),
+        hostname: "mail.example.net".into(),
+        protocol: "ESMTP",
+        tls: None,
+        queue_id: "0123456789AB".into(),
+        recipient: None,
+    };
+    let local = |address: &str| Destination::Local {
+        account: "bob@example.net".into(),
+        address: address.into(),
+    };
+    // Two envelope recipients reaching the same final address give one copy.
+    let destinations = vec![
+        (
+            "bob-lists@example.net".to_owned(),
+            local("bob-lists@example.net"),
+        ),
+        (
+            "postmaster@example.net".to_owned(),
+            local("bob@example.net"),
+        ),
+        ("bob@example.net".to_owned(), local("bob@example.net")),
+    ];
+    let when = UNIX_EPOCH + Duration::from_secs(1_796_311_491);
+    let copies = build_copies(&services, "alice@example.org", &info, &destinations, when).unwrap();
+
+    assert_eq!(copies.len(), 2);
+    let maildir = dir.path().join("mail/example.net/bob/Maildir");
+    assert_eq!(copies[0].maildir, maildir);
+    assert_eq!(
+        String::from_utf8(copies[0].headers.clone()).unwrap(),
+        "Return-Path: <alice@example.org>\n\
+         Delivered-To: bob-lists@example.net\n\
+         Received: from client.example (unknown [192.0.2.7])\n\
+         \tby mail.example.net (tern) with ESMTP id 0123456789AB\n\
+         \tfor <bob-lists@example.net>; Thu, 3 Dec 2026 15:24:51 +0000\n"
+    );
+    assert!(
+        String::from_utf8_lossy(&copies[1].headers).contains("\nDelivered-To: bob@example.net\n")
+    );
+    assert!(
+        String::from_utf8_lossy(&copies[1].headers).contains("\tfor <postmaster@example.net>;")
+    );
+}
+
+#[test]
+fn a_vanished_account_is_a_temporary_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), "");
+    let info = ReceivedInfo {
+        helo: None,
+        client_ip: None,
+        hostname: "h".into(),
+        protocol: "LMTP",
+        tls: None,
+        queue_id: "1".into(),
+        recipient: None,
+    };
+    let gone = Destination::Local {
+        account: "eve@example.net".into(),
+        address: "eve@example.net".into(),
+    };
+    let error = build_copies(
+        &services,
+        "",
+        &info,
+        &[("eve@example.net".into(), gone)],
+        SystemTime::now(),
+    )
+    .unwrap_err();
+    assert!(error.contains("eve@example.net"), "{error}");
+}
+
+#[test]
+fn a_message_over_smtp_lands_in_the_maildir_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), "");
+    let body = "Subject: test\r\nMessage-ID:\r\n <m1@example.org>\r\n\r\nline one\r\n..dotted\r\n";
+    let script = format!(
+        "EHLO client.example\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nMAIL FROM:<alice@example.org>\r\n\
+         RCPT TO:<Bob-x@example.net>\r\nDATA\r\n{body}.\r\nQUIT\r\n"
+    );
+    let client: IpAddr = "192.0.2.7".parse().unwrap();
+    let sent = converse(&services, 0, Some(client), script.as_bytes());
+    assert!(sent.contains("235 2.7.0"), "{sent}");
+    assert!(sent.contains("250 2.0.0 Ok: queued as "), "{sent}");
+
+    let new = dir.path().join("mail/example.net/bob/Maildir/new");
+    let files: Vec<_> = fs::read_dir(&new)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let stored = fs::read_to_string(&files[0]).unwrap();
+    let queue_id = sent
+        .split("queued as ")
+        .nth(1)
+        .unwrap()
+        .split("\r\n")
+        .next()
+        .unwrap();
+    let date = stored
+        .split("for <Bob-x@example.net>; ")
+        .nth(1)
+        .unwrap()
+        .split('\n')
+        .next()
+        .unwrap();
+    let expected = format!(
+        "Return-Path: <alice@example.org>\n\
+         Delivered-To: Bob-x@example.net\n\
+         Received: from client.example (unknown [192.0.2.7])\n\
+         \tby mail.example.net (tern) with ESMTPA id {queue_id}\n\
+         \tfor <Bob-x@example.net>; {date}\n\
+         Subject: test\nMessage-ID:\n <m1@example.org>\n\nline one\n.dotted\n"
+    );
+    assert_eq!(stored, expected);
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.ends_with(&format!(",S={}", expected.len())), "{name}");
+
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    for needle in [
+        "tern/smtpd[",
+        "connect from unknown[192.0.2.7]",
+        &format!("{queue_id}: client=unknown[192.0.2.7], sasl_method=PLAIN, sasl_username=bob"),
+        "tern/cleanup[",
+        &format!("{queue_id}: message-id=<m1@example.org>"),
+        &format!(
+            "{queue_id}: from=<alice@example.org>, size={}, nrcpt=1 (queue active)",
+            body.len() - 1
+        ),
+        &format!("{queue_id}: to=<Bob-x@example.net>, relay=local, delay="),
+        "dsn=2.0.0, status=sent (delivered to maildir)",
+        "disconnect from unknown[192.0.2.7] ehlo=1 auth=1 mail=1 rcpt=1 data=1 quit=1 commands=6",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in\n{log}");
+    }
+}
+
+#[test]
+fn a_failed_login_is_logged_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), "");
+    // bob / wrongpass
+    let sent = converse(
+        &services,
+        0,
+        None,
+        b"EHLO x\r\nAUTH PLAIN AGJvYgB3cm9uZ3Bhc3M=\r\n",
+    );
+    assert!(sent.contains("535 5.7.8"), "{sent}");
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("warning: local: SASL PLAIN authentication failed: authentication failure")
+    );
+    assert!(
+        !log.contains("wrongpass") && !log.contains("AGJvYgB3cm9uZ3Bhc3M="),
+        "{log}"
+    );
+}
+
+#[test]
+fn mail_for_another_domain_is_deferred_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), "");
+    let script = b"EHLO x\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nMAIL FROM:<bob@example.net>\r\n\
+        RCPT TO:<bob@example.net>\r\nRCPT TO:<sales@example.net>\r\nDATA\r\nx\r\n.\r\n";
+    let sent = converse(&services, 0, None, script);
+    assert!(sent.contains("451 4.3.0"), "{sent}");
+    assert!(!dir.path().join("mail/example.net/bob/Maildir/new").exists());
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("to=<carol@example.org>, orig_to=<sales@example.net>, relay=none, delay=")
+    );
+    assert!(log.contains("dsn=4.3.0, status=deferred (outbound delivery not implemented)"));
+}
+
+#[test]
+fn connection_limits_count_per_listener_and_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), "connections = 2\nconnections_per_ip = 1");
+    let a: IpAddr = "192.0.2.1".parse().unwrap();
+    let b: IpAddr = "192.0.2.2".parse().unwrap();
+    let c: IpAddr = "192.0.2.3".parse().unwrap();
+    let too_many = b"421 4.7.0 mail.example.net Error: too many connections\r\n".to_vec();
+
+    let first = services.admit(0, Some(a)).unwrap();
+    // Per address, across listeners.
+    assert_eq!(
+        services.admit(1, Some(a)).err().unwrap().reply,
+        Some(too_many.clone())
+    );
+    let _second = services.admit(0, Some(b)).unwrap();
+    // Per listener: the LMTP listener has room, the submission listener has not.
+    assert_eq!(
+        services.admit(0, Some(c)).err().unwrap().reply,
+        Some(too_many)
+    );
+    let on_lmtp = services.admit(1, Some(c)).unwrap();
+    drop(first);
+    drop(on_lmtp);
+    assert!(services.admit(0, Some(c)).is_ok());
+    // Unix sockets have no address to count.
+    assert!(services.admit(1, None).is_ok());
+}
+
+#[test]
+fn message_ids_are_found_unfolded_and_only_in_the_header() {
+    assert_eq!(
+        message_id(b"Message-Id: <a@b>\r\n\r\n"),
+        Some("<a@b>".into())
+    );
+    assert_eq!(
+        message_id(b"X: y\r\nMESSAGE-ID:\r\n\t<a@b>\r\nZ: 1\r\n\r\n"),
+        Some("<a@b>".into())
+    );
+    assert_eq!(
+        message_id(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n"),
+        None
+    );
+    assert_eq!(message_id(b"\r\nMessage-ID: <body@x>\r\n"), None);
+    assert_eq!(message_id(b""), None);
+}
+
+/// Runs `input` through a session of listener `index` with its handler, the way a runtime
+/// does, and returns everything sent.
+fn converse(
+    services: &Arc<Services>,
+    index: usize,
+    client: Option<IpAddr>,
+    input: &[u8],
+) -> String {
+    let admission = services.admit(index, client).unwrap();
+    let peer = Peer {
+        client,
+        local: None,
+    };
+    let now = Instant::now();
+    let (mut session, mut handler) = services.open_session(admission, peer, None, now);
+    let mut sent = Vec::new();
+    let mut pending = input.to_vec();
+    let mut clock = now;
+    for _ in 0..1000 {
+        while let Some(output) = session.poll_output() {
+            match Action::from(output) {
+                Action::Send(bytes) => sent.extend_from_slice(&bytes),
+                Action::StartTls => panic!("no TLS in these tests"),
+                Action::Close => {
+                    handler.finish(&session);
+                    return String::from_utf8(sent).unwrap();
+                }
+                Action::Work(work) => {
+                    if let Some(answer) = handler.work(work) {
+                        answer.apply(&mut session, clock);
+                    }
+                }
+            }
+        }
+        let used = session.receive(clock, &pending);
+        pending.drain(..used);
+        if used > 0 {
+            continue;
+        }
+        // Waiting out an AUTH failure delay: let virtual time pass, but not up to the idle
+        // timeout.
+        match session.poll_timeout() {
+            Some(deadline) if deadline <= clock + Duration::from_secs(1) => {
+                clock = deadline;
+                session.handle_timeout(clock);
+            }
+            _ => break,
+        }
+    }
+    handler.finish(&session);
+    String::from_utf8(sent).unwrap()
+}
