@@ -39,6 +39,14 @@ fn message(from: &str, to: &str, subject: &str) -> Message {
         .unwrap()
 }
 
+/// The message as tern must store it: lettre ends the data with `CRLF . CRLF` after the
+/// formatted message, which itself ends in CRLF, so the stored copy has one more empty line.
+fn stored_form(msg: &Message) -> Vec<u8> {
+    let mut wire = msg.formatted();
+    wire.extend_from_slice(b"\r\n");
+    lf(&wire)
+}
+
 /// The id in `250 2.0.0 Ok: queued as ID`, as lettre hands the reply over.
 fn queued_id(response: &Response) -> String {
     let text = response.message().collect::<Vec<_>>().join("\n");
@@ -77,7 +85,7 @@ fn plain_smtp_to_the_mx_listener() {
             queue_id: Some(&id),
             recipient: "bob@example.net",
         },
-        &lf(&msg.formatted()),
+        &stored_form(&msg),
     );
 }
 
@@ -110,7 +118,7 @@ fn submission_starttls_auth_plain() {
             queue_id: Some(&id),
             recipient: "bob@example.net",
         },
-        &lf(&msg.formatted()),
+        &stored_form(&msg),
     );
 }
 
@@ -143,7 +151,7 @@ fn submission_starttls_auth_login() {
             queue_id: Some(&id),
             recipient: "alice@mx.test",
         },
-        &lf(&msg.formatted()),
+        &stored_form(&msg),
     );
 }
 
@@ -197,6 +205,6 @@ fn implicit_tls_with_auth() {
             queue_id: Some(&id),
             recipient: "alice@mx.test",
         },
-        &lf(&msg.formatted()),
+        &stored_form(&msg),
     );
 }

@@ -53,8 +53,9 @@ fn relay_denied_and_unknown_user() {
     c.expect("554 5.7.1 <someone@example.org>: Relay access denied\r\n");
     c.send(b"RCPT TO:<nobody@mx.test>\r\n");
     c.expect("550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown\r\n");
+    // The reply names the canonical address: the domain compared and written in lower case.
     c.send(b"RCPT TO:<nobody@Example.NET>\r\n");
-    c.expect("550 5.1.1 <nobody@Example.NET>: Recipient address rejected: User unknown\r\n");
+    c.expect("550 5.1.1 <nobody@example.net>: Recipient address rejected: User unknown\r\n");
     c.send(b"DATA\r\n");
     c.expect_prefix("503 5.5.1 ");
     c.send(b"QUIT\r\n");
@@ -167,7 +168,8 @@ fn postmaster_goes_to_the_alias_target() {
             protocol: "SMTP",
             tls: false,
             queue_id: Some(&id),
-            recipient: "alice@mx.test",
+            // As Postfix does, `for` names the recipient the client gave.
+            recipient: "Postmaster@mx.test",
         },
         b"Subject: to postmaster\n\nhello\n",
     );

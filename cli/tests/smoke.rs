@@ -43,18 +43,35 @@ fn serve_delivers_one_message_and_stops_on_sigterm() {
     client.expect("221 2.0.0 Bye\r\n");
 
     let new = root.join("mail/bob/Maildir/new");
-    let files: Vec<_> = fs::read_dir(&new).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = fs::read_dir(&new)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let stored = fs::read_to_string(&files[0]).unwrap();
-    assert!(stored.starts_with("Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\n"));
+    assert!(
+        stored.starts_with("Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\n")
+    );
     assert!(stored.contains("\tby mail.example.net (tern) with ESMTP id "));
-    assert!(stored.ends_with("\nSubject: smoke\n\nhello\n.stuffed\n"), "{stored}");
+    assert!(
+        stored.ends_with("\nSubject: smoke\n\nhello\n.stuffed\n"),
+        "{stored}"
+    );
 
-    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = wait_with_timeout(&mut child, Duration::from_secs(15));
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
     assert!(stderr.starts_with("tern: runtime blocking\n"), "{stderr}");
 
@@ -80,7 +97,10 @@ fn a_port_in_use_is_one_line_and_exit_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with(&format!("tern: cannot listen on {address}: ")), "{stderr}");
+    assert!(
+        last.starts_with(&format!("tern: cannot listen on {address}: ")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -95,7 +115,10 @@ fn a_config_error_is_exit_2_with_its_position() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.starts_with(&format!("tern: {}:2:1: ", config.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("tern: {}:2:1: ", config.display())),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
@@ -158,8 +181,13 @@ struct Client {
 impl Client {
     fn connect(address: &str) -> Client {
         let stream = TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
     }
 
     fn send(&mut self, text: &str) {
