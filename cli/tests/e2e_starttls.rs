@@ -3,30 +3,7 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::sync::Arc;
-
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-
-use common::{Client, Fixture, Trace, assert_stored, queue_id, wait_files};
-
-fn tls_client(fx: &Fixture, tcp: TcpStream) -> Client<StreamOwned<ClientConnection, TcpStream>> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&fx.cert_pem) {
-        roots.add(cert.expect("PEM certificate")).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("mx.test").unwrap();
-    let conn = ClientConnection::new(Arc::new(config), name).unwrap();
-    Client::new(StreamOwned::new(conn, tcp))
-}
+use common::{Client, Fixture, Trace, assert_stored, queue_id, tls_client, wait_files};
 
 #[test]
 fn commands_pipelined_after_starttls_are_discarded() {

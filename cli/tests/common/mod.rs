@@ -11,9 +11,13 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// How long any single read, start-up or delivery may take before a test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
@@ -525,6 +529,26 @@ impl<S: Read + Write> Client<S> {
             String::from_utf8_lossy(&self.buf)
         );
     }
+}
+
+/// A client over rustls.
+pub type TlsClient = Client<StreamOwned<ClientConnection, TcpStream>>;
+
+/// Starts TLS on `tcp` as a client trusting only the fixture's certificate, for mx.test.
+pub fn tls_client(fx: &Fixture, tcp: TcpStream) -> TlsClient {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&fx.cert_pem) {
+        roots.add(cert.expect("PEM certificate")).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("mx.test").unwrap();
+    let conn = ClientConnection::new(Arc::new(config), name).unwrap();
+    Client::new(StreamOwned::new(conn, tcp))
 }
 
 /// The `250 2.0.0 Ok: queued as ID` reply's ID.
