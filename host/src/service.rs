@@ -374,6 +374,11 @@ fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
             "delivery.local = \"lmtp:...\" is not implemented yet; use \"maildir\"".into(),
         ));
     }
+    if config.accounts.file.is_none() {
+        return Err(StartError(
+            "[accounts] file is needed: it is the only account source so far".into(),
+        ));
+    }
     if config.accounts.dovecot_auth.is_some() || config.accounts.dovecot_userdb.is_some() {
         return Err(StartError(
             "accounts.dovecot_auth and accounts.dovecot_userdb are not implemented yet".into(),

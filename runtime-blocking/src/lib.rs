@@ -152,8 +152,9 @@ fn serve(
         let (Some(tls), Conn::Plain(plain)) = (services.tls(), conn) else {
             return;
         };
-        let Ok(stream) = handshake(plain, tls, deadline, stop) else {
-            return;
+        let stream = match handshake(plain, tls, deadline, stop) {
+            Ok(stream) => stream,
+            Err(e) => return handler.tls_failed(&e),
         };
         handler.tls_established(connection_info(&stream.conn));
         conn = Conn::Tls(Box::new(stream));
@@ -182,8 +183,9 @@ fn serve(
                     let (Some(tls), Conn::Plain(plain)) = (services.tls(), conn) else {
                         return;
                     };
-                    let Ok(stream) = handshake(plain, tls, deadline, stop) else {
-                        return;
+                    let stream = match handshake(plain, tls, deadline, stop) {
+                        Ok(stream) => stream,
+                        Err(e) => return handler.tls_failed(&e),
                     };
                     handler.tls_established(connection_info(&stream.conn));
                     conn = Conn::Tls(Box::new(stream));

@@ -122,6 +122,15 @@ impl ConnectionHandler {
         self.tls = info;
     }
 
+    /// Logs a failed TLS handshake (the runtime then drops the connection), as Postfix's
+    /// `SSL_accept error` line.
+    pub fn tls_failed(&self, error: &dyn std::fmt::Display) {
+        self.log(&format!(
+            "SSL_accept error from {}: {error}",
+            client_name(self.peer.client)
+        ));
+    }
+
     /// Does `work` with blocking calls; returns the answer the session waits for, if any.
     pub fn work(&mut self, work: Work) -> Option<Answer> {
         match work.0 {

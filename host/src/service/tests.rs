@@ -139,6 +139,11 @@ fn unimplemented_features_refuse_to_start() {
     config.delivery.local = LocalDelivery::Lmtp(config::LmtpTarget::Unix("/x".into()));
     let error = Services::new(config).err().unwrap();
     assert!(error.0.contains("not implemented"), "{error}");
+
+    let mut config = site(dir.path(), "");
+    config.accounts.file = None;
+    let error = Services::new(config).err().unwrap();
+    assert!(error.0.contains("[accounts] file"), "{error}");
 }
 
 #[test]
