@@ -124,20 +124,28 @@ impl Policy {
         if !is_local {
             return false;
         }
-        self.resolve_local(sender, local_ip).iter().any(|destination| match destination {
-            Destination::Local { account, .. } => {
-                let account = account.to_lowercase();
-                if login.contains('@') {
-                    account == login
-                } else {
-                    account.split('@').next() == Some(login.as_str())
+        self.resolve_local(sender, local_ip)
+            .iter()
+            .any(|destination| match destination {
+                Destination::Local { account, .. } => {
+                    let account = account.to_lowercase();
+                    if login.contains('@') {
+                        account == login
+                    } else {
+                        account.split('@').next() == Some(login.as_str())
+                    }
                 }
-            }
-            Destination::Remote(_) => false,
-        })
+                Destination::Remote(_) => false,
+            })
     }
 
-    fn expand(&self, address: &str, local_ip: Option<IpAddr>, depth: usize, out: &mut Vec<Destination>) {
+    fn expand(
+        &self,
+        address: &str,
+        local_ip: Option<IpAddr>,
+        depth: usize,
+        out: &mut Vec<Destination>,
+    ) {
         let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
         let domain_value = parse_domain(domain);
         let is_local = self.is_local_domain(&domain_value, local_ip);
@@ -211,7 +219,10 @@ mod tests {
     fn policy() -> Policy {
         let mut aliases = Aliases::default();
         aliases.insert("postmaster", vec!["alice".into()]);
-        aliases.insert("sales@example.net", vec!["bob@example.net".into(), "carol@example.org".into()]);
+        aliases.insert(
+            "sales@example.net",
+            vec!["bob@example.net".into(), "carol@example.org".into()],
+        );
         aliases.insert("loop1", vec!["loop2".into()]);
         aliases.insert("loop2", vec!["loop1".into()]);
         Policy {
@@ -223,11 +234,17 @@ mod tests {
     }
 
     fn mailbox(local: &str, domain: &str) -> Mailbox {
-        Mailbox { local: local.into(), domain: parse_domain(domain) }
+        Mailbox {
+            local: local.into(),
+            domain: parse_domain(domain),
+        }
     }
 
     fn local(account: &str, address: &str) -> Destination {
-        Destination::Local { account: account.into(), address: address.into() }
+        Destination::Local {
+            account: account.into(),
+            address: address.into(),
+        }
     }
 
     #[test]

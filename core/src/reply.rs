@@ -295,7 +295,11 @@ impl Reply {
     /// Appends the reply, CRLF-terminated, to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
         let mut line = String::with_capacity(64);
-        if let Reply::Ehlo { hostname, extensions } = self {
+        if let Reply::Ehlo {
+            hostname,
+            extensions,
+        } = self
+        {
             let sep = if extensions.is_empty() { ' ' } else { '-' };
             let _ = write!(line, "250{sep}{hostname}\r\n");
             for (i, ext) in extensions.iter().enumerate() {
@@ -320,8 +324,14 @@ impl Reply {
     fn write_text(&self, s: &mut String) {
         use Reply::*;
         let _ = match self {
-            Greeting { hostname, mode: Mode::Smtp } => write!(s, "{hostname} ESMTP tern"),
-            Greeting { hostname, mode: Mode::Lmtp } => write!(s, "{hostname} LMTP tern"),
+            Greeting {
+                hostname,
+                mode: Mode::Smtp,
+            } => write!(s, "{hostname} ESMTP tern"),
+            Greeting {
+                hostname,
+                mode: Mode::Lmtp,
+            } => write!(s, "{hostname} LMTP tern"),
             Ehlo { .. } => std::fmt::Result::Ok(()),
             Helo { hostname } => write!(s, "{hostname}"),
             Reply::Ok | SenderOk | RecipientOk => write!(s, "Ok"),
@@ -342,7 +352,10 @@ impl Reply {
             AuthMalformed => write!(s, "Error: malformed authentication response"),
             AuthUnknownMechanism => write!(s, "Error: unsupported authentication mechanism"),
             AuthNeedsEncryption => {
-                write!(s, "Encryption required for requested authentication mechanism")
+                write!(
+                    s,
+                    "Encryption required for requested authentication mechanism"
+                )
             }
             AuthNotEnabled => write!(s, "Error: authentication not enabled"),
             AlreadyAuthenticated => write!(s, "Error: already authenticated"),
@@ -367,19 +380,31 @@ impl Reply {
                 write!(s, "<{rcpt}>: Recipient address rejected: User unknown")
             }
             NonFqdnRecipient(rcpt) => {
-                write!(s, "<{rcpt}>: Recipient address rejected: need fully-qualified address")
+                write!(
+                    s,
+                    "<{rcpt}>: Recipient address rejected: need fully-qualified address"
+                )
             }
             UnknownDomain(rcpt) => {
                 write!(s, "<{rcpt}>: Recipient address rejected: Domain not found")
             }
             DomainTempFail(rcpt) => {
-                write!(s, "<{rcpt}>: Recipient address rejected: Domain not found (temporary)")
+                write!(
+                    s,
+                    "<{rcpt}>: Recipient address rejected: Domain not found (temporary)"
+                )
             }
             RecipientTempFail(rcpt) => {
-                write!(s, "<{rcpt}>: Recipient address rejected: Temporary lookup failure")
+                write!(
+                    s,
+                    "<{rcpt}>: Recipient address rejected: Temporary lookup failure"
+                )
             }
             SenderLoginMismatch { sender, login } => {
-                write!(s, "<{sender}>: Sender address rejected: not owned by user {login}")
+                write!(
+                    s,
+                    "<{sender}>: Sender address rejected: not owned by user {login}"
+                )
             }
             AccessDenied(rcpt) => write!(s, "<{rcpt}>: Recipient address rejected: Access denied"),
             DeliveryFailed => write!(s, "Error: local delivery failed, try again later"),
@@ -425,9 +450,15 @@ mod tests {
 
     #[test]
     fn greeting_has_no_enhanced_code() {
-        let greeting = Reply::Greeting { hostname: "mx.example".into(), mode: Mode::Smtp };
+        let greeting = Reply::Greeting {
+            hostname: "mx.example".into(),
+            mode: Mode::Smtp,
+        };
         assert_eq!(text(greeting), "220 mx.example ESMTP tern\r\n");
-        let greeting = Reply::Greeting { hostname: "mx.example".into(), mode: Mode::Lmtp };
+        let greeting = Reply::Greeting {
+            hostname: "mx.example".into(),
+            mode: Mode::Lmtp,
+        };
         assert_eq!(text(greeting), "220 mx.example LMTP tern\r\n");
     }
 
@@ -467,8 +498,18 @@ mod tests {
             (Reply::DeliveryFailed, "451 4.3.0 "),
             (Reply::DiskFull, "452 4.3.1 "),
             (Reply::ReadyToStartTls, "220 2.0.0 "),
-            (Reply::Timeout { hostname: "h".into() }, "421 4.4.2 "),
-            (Reply::TooManyErrors { hostname: "h".into() }, "421 4.7.0 "),
+            (
+                Reply::Timeout {
+                    hostname: "h".into(),
+                },
+                "421 4.4.2 ",
+            ),
+            (
+                Reply::TooManyErrors {
+                    hostname: "h".into(),
+                },
+                "421 4.7.0 ",
+            ),
         ];
         for (reply, prefix) in cases {
             let line = text(reply.clone());

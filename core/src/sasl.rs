@@ -108,8 +108,12 @@ impl SaslServer {
     /// Starts an exchange. `initial` is the decoded initial response, if the client sent one.
     pub fn start(mechanism: Mechanism, initial: Option<&[u8]>) -> (Self, Step) {
         let mut server = match mechanism {
-            Mechanism::Plain => SaslServer { state: State::ExpectPlainResponse },
-            Mechanism::Login => SaslServer { state: State::ExpectLoginUsername },
+            Mechanism::Plain => SaslServer {
+                state: State::ExpectPlainResponse,
+            },
+            Mechanism::Login => SaslServer {
+                state: State::ExpectLoginUsername,
+            },
         };
         let step = match (mechanism, initial) {
             (_, Some(response)) => server.step(response),
@@ -199,7 +203,13 @@ mod tests {
 
     #[test]
     fn plain_rejects_malformed_messages() {
-        for bad in [&b"alice\0secret"[..], b"\0\0pw", b"a\0b\0c\0d", b"\0\xff\0pw", b""] {
+        for bad in [
+            &b"alice\0secret"[..],
+            b"\0\0pw",
+            b"a\0b\0c\0d",
+            b"\0\xff\0pw",
+            b"",
+        ] {
             let (_, step) = SaslServer::start(Mechanism::Plain, Some(bad));
             assert_eq!(step, Step::Malformed, "{bad:?}");
         }
@@ -211,7 +221,10 @@ mod tests {
         assert_eq!(step, Step::Challenge(b"Username:".to_vec()));
         assert_eq!(server.step(b"bob"), Step::Challenge(b"Password:".to_vec()));
         let credentials = done(server.step(b"hunter2"));
-        assert_eq!((credentials.login.as_str(), credentials.password.expose()), ("bob", "hunter2"));
+        assert_eq!(
+            (credentials.login.as_str(), credentials.password.expose()),
+            ("bob", "hunter2")
+        );
         assert_eq!(server.step(b"again"), Step::Malformed);
     }
 

@@ -29,7 +29,9 @@ impl LineReader {
     /// Consumes input up to and including the next line end, or all of it.
     pub(super) fn read(&mut self, input: &[u8], max: usize) -> (usize, LineEvent) {
         if self.cr_pending {
-            let Some(&first) = input.first() else { return (0, LineEvent::Incomplete) };
+            let Some(&first) = input.first() else {
+                return (0, LineEvent::Incomplete);
+            };
             self.cr_pending = false;
             return if first == b'\n' {
                 (1, self.finish())
@@ -87,7 +89,11 @@ impl LineReader {
     }
 
     fn finish(&mut self) -> LineEvent {
-        if std::mem::take(&mut self.overlong) { LineEvent::Overlong } else { LineEvent::Line }
+        if std::mem::take(&mut self.overlong) {
+            LineEvent::Overlong
+        } else {
+            LineEvent::Line
+        }
     }
 }
 
@@ -115,7 +121,10 @@ mod tests {
     fn overlong_lines_are_dropped_whole() {
         let mut reader = LineReader::default();
         assert_eq!(reader.read(b"0123456789", 8), (10, LineEvent::Incomplete));
-        assert_eq!(reader.read(b"MAIL FROM:<x>\r\nNOOP\r\n", 8), (15, LineEvent::Overlong));
+        assert_eq!(
+            reader.read(b"MAIL FROM:<x>\r\nNOOP\r\n", 8),
+            (15, LineEvent::Overlong)
+        );
         assert_eq!(reader.read(b"NOOP\r\n", 8), (6, LineEvent::Line));
         assert_eq!(reader.take(), b"NOOP");
     }

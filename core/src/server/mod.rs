@@ -301,8 +301,10 @@ impl Session {
             current: None,
             counts: Counts::default(),
         };
-        let greeting =
-            Reply::Greeting { hostname: session.config.hostname.clone(), mode: session.config.mode };
+        let greeting = Reply::Greeting {
+            hostname: session.config.hostname.clone(),
+            mode: session.config.mode,
+        };
         session.reply(greeting);
         session.rearm(now);
         session
@@ -325,9 +327,7 @@ impl Session {
                 State::ExpectDataText(..) => self.read_data(rest),
                 State::ExpectChunk(..) => self.read_chunk(rest),
                 State::DiscardChunk(..) => self.discard_chunk(rest),
-                State::ExpectCommand(_) | State::ExpectSaslResponse(_) => {
-                    self.read_line(now, rest)
-                }
+                State::ExpectCommand(_) | State::ExpectSaslResponse(_) => self.read_line(now, rest),
             };
         }
         if pos > 0 {
@@ -339,7 +339,9 @@ impl Session {
     /// Tells the session that time has reached `now`. Call it when [`Self::poll_timeout`]
     /// has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(deadline) = self.deadline else { return };
+        let Some(deadline) = self.deadline else {
+            return;
+        };
         if now < deadline {
             return;
         }
@@ -407,8 +409,14 @@ impl Session {
 
     /// Answers [`Output::CheckRecipient`] for the account it named.
     pub fn handle_recipient(&mut self, now: Instant, lookup: Lookup) {
-        let State::AwaitRecipientLookup(_, check) = &mut self.state else { return };
-        if let Some(slot) = check.accounts.iter_mut().find(|(_, answer)| answer.is_none()) {
+        let State::AwaitRecipientLookup(_, check) = &mut self.state else {
+            return;
+        };
+        if let Some(slot) = check
+            .accounts
+            .iter_mut()
+            .find(|(_, answer)| answer.is_none())
+        {
             slot.1 = Some(lookup);
         }
         self.continue_rcpt(now);
@@ -416,7 +424,9 @@ impl Session {
 
     /// Answers [`Output::CheckDomain`].
     pub fn handle_domain(&mut self, now: Instant, lookup: Lookup) {
-        let State::AwaitRecipientLookup(_, check) = &mut self.state else { return };
+        let State::AwaitRecipientLookup(_, check) = &mut self.state else {
+            return;
+        };
         check.domain = Some(lookup);
         self.continue_rcpt(now);
     }
@@ -431,16 +441,18 @@ impl Session {
         match self.config.mode {
             Mode::Smtp => {
                 let outcomes = (0..tx.recipients.len()).map(outcome);
-                let worst = outcomes.map(|o| o.unwrap_or(RcptOutcome::TempFailure)).max_by_key(
-                    |o| match o {
+                let worst = outcomes
+                    .map(|o| o.unwrap_or(RcptOutcome::TempFailure))
+                    .max_by_key(|o| match o {
                         RcptOutcome::Delivered => 0,
                         RcptOutcome::UnknownUser | RcptOutcome::Rejected => 1,
                         RcptOutcome::TempFailure => 2,
                         RcptOutcome::DiskFull => 3,
-                    },
-                );
+                    });
                 let reply = match worst.unwrap_or(RcptOutcome::TempFailure) {
-                    RcptOutcome::Delivered => Reply::Queued { queue_id: report.queue_id.clone() },
+                    RcptOutcome::Delivered => Reply::Queued {
+                        queue_id: report.queue_id.clone(),
+                    },
                     RcptOutcome::TempFailure => Reply::DeliveryFailed,
                     RcptOutcome::DiskFull => Reply::DiskFull,
                     RcptOutcome::UnknownUser | RcptOutcome::Rejected => Reply::DeliveryRejected,
@@ -626,7 +638,10 @@ impl Session {
         let hostname = self.config.hostname.clone();
         if extended {
             let extensions = self.extensions();
-            self.reply(Reply::Ehlo { hostname, extensions });
+            self.reply(Reply::Ehlo {
+                hostname,
+                extensions,
+            });
         } else {
             self.reply(Reply::Helo { hostname });
         }
@@ -644,7 +659,13 @@ impl Session {
             let names: Vec<&str> = self.config.mechanisms.iter().map(|m| m.name()).collect();
             list.push(format!("AUTH {}", names.join(" ")));
         }
-        for ext in ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING"] {
+        for ext in [
+            "ENHANCEDSTATUSCODES",
+            "8BITMIME",
+            "DSN",
+            "SMTPUTF8",
+            "CHUNKING",
+        ] {
             list.push(ext.to_owned());
         }
         list
@@ -685,7 +706,10 @@ impl Session {
                 return;
             }
         }
-        if params.size.is_some_and(|size| size > self.config.limits.message_size) {
+        if params
+            .size
+            .is_some_and(|size| size > self.config.limits.message_size)
+        {
             self.reply(Reply::TooBig);
             return;
         }
@@ -715,11 +739,17 @@ impl Session {
             ForwardPath::Postmaster => {
                 let domain = self.config.policy.domains.first().cloned();
                 let domain = domain.unwrap_or_else(|| self.config.hostname.to_lowercase());
-                let address = Mailbox { local: "Postmaster".into(), domain: Domain::Name(domain) };
+                let address = Mailbox {
+                    local: "Postmaster".into(),
+                    domain: Domain::Name(domain),
+                };
                 (address, true)
             }
             ForwardPath::Mailbox(mailbox) => {
-                let is_local = self.config.policy.is_local_domain(&mailbox.domain, self.peer.local);
+                let is_local = self
+                    .config
+                    .policy
+                    .is_local_domain(&mailbox.domain, self.peer.local);
                 let postmaster = is_local && mailbox.local.eq_ignore_ascii_case("postmaster");
                 (mailbox, postmaster)
             }
@@ -731,7 +761,11 @@ impl Session {
 
         // A recipient given twice is delivered once and answered twice (SPEC.md section 4).
         let key = canonical_key(&address);
-        if let Some(index) = tx.recipients.iter().position(|r| canonical_key(&r.address) == key) {
+        if let Some(index) = tx
+            .recipients
+            .iter()
+            .position(|r| canonical_key(&r.address) == key)
+        {
             tx.order.push(index);
             self.reply(Reply::RecipientOk);
             return;
@@ -817,8 +851,11 @@ impl Session {
             return CheckStep::Refuse(Reply::UnknownUser(address.clone()));
         }
         // RFC 5321 section 4.5.1: postmaster is accepted without restrictions.
-        let restrictions: &[Restriction] =
-            if lmtp || check.postmaster { &[] } else { &config.restrictions };
+        let restrictions: &[Restriction] = if lmtp || check.postmaster {
+            &[]
+        } else {
+            &config.restrictions
+        };
 
         while !check.permitted && check.next_restriction < restrictions.len() {
             let restriction = restrictions[check.next_restriction];
@@ -837,7 +874,9 @@ impl Session {
                 Restriction::RejectUnknownRecipientDomain if !check.is_local => {
                     match (check.domain, &address.domain) {
                         (_, Domain::Literal(_)) => {}
-                        (None, domain) => return CheckStep::Ask(Output::CheckDomain(domain.to_string())),
+                        (None, domain) => {
+                            return CheckStep::Ask(Output::CheckDomain(domain.to_string()));
+                        }
                         (Some(Lookup::Found), _) => {}
                         (Some(Lookup::NotFound), _) => {
                             return CheckStep::Refuse(Reply::UnknownDomain(address.clone()));
@@ -897,8 +936,14 @@ impl Session {
 
     fn sender_login_mismatch(&self, tx: &Transaction) -> Option<CheckStep> {
         let (login, _) = self.login.as_ref()?;
-        let ReversePath::Mailbox(sender) = &tx.sender else { return None };
-        if self.config.policy.login_owns(login, sender, self.peer.local) {
+        let ReversePath::Mailbox(sender) = &tx.sender else {
+            return None;
+        };
+        if self
+            .config
+            .policy
+            .login_owns(login, sender, self.peer.local)
+        {
             return None;
         }
         Some(CheckStep::Refuse(Reply::SenderLoginMismatch {
@@ -964,7 +1009,11 @@ impl Session {
             let envelope = self.envelope(&tx);
             self.push(Output::MessageStart(envelope));
         }
-        let chunk = Chunk { remaining: size, size, last };
+        let chunk = Chunk {
+            remaining: size,
+            size,
+            last,
+        };
         self.state = State::ExpectChunk(tx, chunk);
         if size == 0 {
             self.end_chunk();
@@ -972,7 +1021,9 @@ impl Session {
     }
 
     fn read_data(&mut self, input: &[u8]) -> usize {
-        let State::ExpectDataText(tx, decoder) = &mut self.state else { return 0 };
+        let State::ExpectDataText(tx, decoder) = &mut self.state else {
+            return 0;
+        };
         let mut text = Vec::with_capacity(input.len());
         let (used, status) = decoder.decode(input, &mut text);
         let limit = self.config.limits.message_size;
@@ -990,11 +1041,18 @@ impl Session {
     }
 
     fn read_chunk(&mut self, input: &[u8]) -> usize {
-        let State::ExpectChunk(tx, chunk) = &mut self.state else { return 0 };
-        let take = input.len().min(usize::try_from(chunk.remaining).unwrap_or(usize::MAX));
+        let State::ExpectChunk(tx, chunk) = &mut self.state else {
+            return 0;
+        };
+        let take = input
+            .len()
+            .min(usize::try_from(chunk.remaining).unwrap_or(usize::MAX));
         let piece = &input[..take];
         chunk.remaining -= take as u64;
-        let clean = tx.chunking.as_mut().is_none_or(|checker| checker.check(piece));
+        let clean = tx
+            .chunking
+            .as_mut()
+            .is_none_or(|checker| checker.check(piece));
         if !clean {
             self.fatal(Reply::BareLineEnding);
             return take;
@@ -1057,8 +1115,12 @@ impl Session {
     }
 
     fn discard_chunk(&mut self, input: &[u8]) -> usize {
-        let State::DiscardChunk(remaining, _) = &mut self.state else { return 0 };
-        let take = input.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+        let State::DiscardChunk(remaining, _) = &mut self.state else {
+            return 0;
+        };
+        let take = input
+            .len()
+            .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
         *remaining -= take as u64;
         if *remaining == 0 {
             if let State::DiscardChunk(_, reply) =
@@ -1236,7 +1298,8 @@ impl Session {
 
     fn push(&mut self, output: Output) {
         if !self.send.is_empty() {
-            self.outputs.push_back(Output::Send(std::mem::take(&mut self.send)));
+            self.outputs
+                .push_back(Output::Send(std::mem::take(&mut self.send)));
         }
         self.outputs.push_back(output);
     }
@@ -1435,5 +1498,9 @@ impl Counts {
 }
 
 fn fraction(name: &str, ok: u32, total: u32) -> String {
-    if ok == total { format!("{name}={total}") } else { format!("{name}={ok}/{total}") }
+    if ok == total {
+        format!("{name}={total}")
+    } else {
+        format!("{name}={ok}/{total}")
+    }
 }

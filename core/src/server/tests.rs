@@ -15,7 +15,10 @@ const EHLO: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 10240000\r\
 fn config(mode: Mode) -> Config {
     let mut aliases = Aliases::default();
     aliases.insert("postmaster", vec!["alice".into()]);
-    aliases.insert("sales@example.net", vec!["bob@example.net".into(), "carol@example.org".into()]);
+    aliases.insert(
+        "sales@example.net",
+        vec!["bob@example.net".into(), "carol@example.org".into()],
+    );
     let mut config = Config::new("mx.example.net", mode);
     config.policy = Policy {
         domains: vec!["example.net".into()],
@@ -27,11 +30,17 @@ fn config(mode: Mode) -> Config {
 }
 
 fn untrusted() -> Peer {
-    Peer { client: Some(ip("203.0.113.9")), local: Some(ip("198.51.100.1")) }
+    Peer {
+        client: Some(ip("203.0.113.9")),
+        local: Some(ip("198.51.100.1")),
+    }
 }
 
 fn trusted() -> Peer {
-    Peer { client: Some(ip("192.0.2.7")), local: Some(ip("198.51.100.1")) }
+    Peer {
+        client: Some(ip("192.0.2.7")),
+        local: Some(ip("198.51.100.1")),
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -107,7 +116,9 @@ impl Harness {
                 Output::Authenticate(credentials) => {
                     let verdict = match (credentials.login.as_str(), credentials.password.expose())
                     {
-                        ("alice", "secret") => AuthVerdict::Ok { login: "alice".into() },
+                        ("alice", "secret") => AuthVerdict::Ok {
+                            login: "alice".into(),
+                        },
                         ("down", _) => AuthVerdict::TempFail,
                         _ => AuthVerdict::Fail,
                     };
@@ -141,7 +152,10 @@ impl Harness {
                     self.transcript.push_str(&format!("[message {text:?}]"));
                     let envelope = self.envelopes.last().expect("MessageStart came first");
                     let recipients = envelope.recipients.iter().map(self.outcome).collect();
-                    let report = DeliveryReport { queue_id: "4F2A9C01".into(), recipients };
+                    let report = DeliveryReport {
+                        queue_id: "4F2A9C01".into(),
+                        recipients,
+                    };
                     self.session.handle_delivery(self.now, report);
                 }
                 Output::MessageAbort => self.transcript.push_str("[abort]"),
@@ -163,7 +177,10 @@ fn converse_with(make: impl Fn() -> Harness, input: &str) -> Harness {
     for byte in input.chunks(1) {
         bytewise.feed(byte);
     }
-    assert_eq!(bytewise.transcript, whole.transcript, "byte-by-byte differs");
+    assert_eq!(
+        bytewise.transcript, whole.transcript,
+        "byte-by-byte differs"
+    );
 
     for split in 1..input.len() {
         let mut two = make();
@@ -213,7 +230,10 @@ fn a_whole_message() {
             address: "bob@example.net".into()
         }]
     );
-    assert_eq!(h.session.command_summary(), "ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5");
+    assert_eq!(
+        h.session.command_summary(),
+        "ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"
+    );
 }
 
 #[test]
@@ -223,7 +243,10 @@ fn helo_gets_a_short_answer_and_plain_smtp() {
         untrusted(),
         "HELO client\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.net>\r\nDATA\r\nx\r\n.\r\n",
     );
-    assert!(h.transcript.starts_with(&format!("{GREETING}250 mx.example.net\r\n250 2.1.0 Ok")));
+    assert!(
+        h.transcript
+            .starts_with(&format!("{GREETING}250 mx.example.net\r\n250 2.1.0 Ok"))
+    );
     assert_eq!(h.envelopes[0].protocol, "SMTP");
     assert_eq!(h.envelopes[0].sender, ReversePath::Null);
 }
@@ -232,11 +255,17 @@ fn helo_gets_a_short_answer_and_plain_smtp() {
 fn relay_is_refused_to_strangers_and_allowed_to_trusted_networks() {
     let input = "EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<x@elsewhere.example>\r\n";
     let refused = converse(Mode::Smtp, untrusted(), input);
-    assert!(refused.transcript.ends_with(
-        "554 5.7.1 <x@elsewhere.example>: Relay access denied\r\n"
-    ));
+    assert!(
+        refused
+            .transcript
+            .ends_with("554 5.7.1 <x@elsewhere.example>: Relay access denied\r\n")
+    );
     let allowed = converse(Mode::Smtp, trusted(), input);
-    assert!(allowed.transcript.ends_with("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"));
+    assert!(
+        allowed
+            .transcript
+            .ends_with("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
+    );
 }
 
 #[test]
@@ -260,9 +289,15 @@ fn postmaster_and_aliases() {
         "EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<Postmaster>\r\n\
          RCPT TO:<sales@EXAMPLE.NET.>\r\nRCPT TO:<bob+lists@example.net>\r\nDATA\r\nx\r\n.\r\n",
     );
-    assert!(h.transcript.contains("250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354"));
-    let destinations: Vec<_> =
-        h.envelopes[0].recipients.iter().map(|r| r.destinations.clone()).collect();
+    assert!(
+        h.transcript
+            .contains("250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354")
+    );
+    let destinations: Vec<_> = h.envelopes[0]
+        .recipients
+        .iter()
+        .map(|r| r.destinations.clone())
+        .collect();
     assert_eq!(
         destinations,
         vec![
@@ -310,8 +345,10 @@ fn bare_lf_in_data_throws_the_message_away_and_ends_the_session() {
          hello\n.\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<alice@example.net>\r\nDATA\r\n\
          smuggled\r\n.\r\n",
     );
-    assert!(transcript.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n[abort]\
-         521 5.5.2 Error: bare CR or LF received\r\n[close]"));
+    assert!(transcript.ends_with(
+        "354 End data with <CR><LF>.<CR><LF>\r\n[abort]\
+         521 5.5.2 Error: bare CR or LF received\r\n[close]"
+    ));
     assert!(!transcript.contains("[message"));
 }
 
@@ -323,9 +360,15 @@ fn bare_cr_in_data_and_in_commands() {
     );
     assert!(transcript.ends_with("[abort]521 5.5.2 Error: bare CR or LF received\r\n[close]"));
     let transcript = smtp("NOOP\rQUIT\r\n");
-    assert_eq!(transcript, format!("{GREETING}521 5.5.2 Error: bare CR or LF received\r\n[close]"));
+    assert_eq!(
+        transcript,
+        format!("{GREETING}521 5.5.2 Error: bare CR or LF received\r\n[close]")
+    );
     let transcript = smtp("NOOP\nQUIT\r\n");
-    assert_eq!(transcript, format!("{GREETING}521 5.5.2 Error: bare CR or LF received\r\n[close]"));
+    assert_eq!(
+        transcript,
+        format!("{GREETING}521 5.5.2 Error: bare CR or LF received\r\n[close]")
+    );
 }
 
 #[test]
@@ -366,7 +409,10 @@ fn data_lines_over_1000_octets_pass_unchanged() {
              {long}\r\n.\r\n"
         ),
     );
-    assert!(h.transcript.contains(&format!("[message \"{long}\\r\\n\"]250 2.0.0")));
+    assert!(
+        h.transcript
+            .contains(&format!("[message \"{long}\\r\\n\"]250 2.0.0"))
+    );
 }
 
 #[test]
@@ -375,7 +421,10 @@ fn starttls_discards_pipelined_input_and_starts_over() {
         || Harness::new(tls_config(), untrusted()),
         "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected@example.org>\r\n",
     );
-    let ehlo_with_tls = EHLO.replace("250-SIZE 10240000\r\n", "250-SIZE 10240000\r\n250-STARTTLS\r\n");
+    let ehlo_with_tls = EHLO.replace(
+        "250-SIZE 10240000\r\n",
+        "250-SIZE 10240000\r\n250-STARTTLS\r\n",
+    );
     assert_eq!(
         h.transcript,
         format!("{GREETING}{ehlo_with_tls}220 2.0.0 Ready to start TLS\r\n[tls]")
@@ -437,9 +486,10 @@ fn auth_plain_and_login() {
     let envelope = &h.envelopes[0];
     assert_eq!(envelope.protocol, "ESMTPSA");
     assert_eq!(envelope.login.as_deref(), Some("alice"));
-    assert_eq!(envelope.recipients[0].destinations, vec![Destination::Remote(
-        "friend@example.org".into()
-    )]);
+    assert_eq!(
+        envelope.recipients[0].destinations,
+        vec![Destination::Remote("friend@example.org".into())]
+    );
 
     // LOGIN: "Username:" and "Password:" challenges.
     let h = converse_with(
@@ -455,18 +505,27 @@ fn auth_plain_and_login() {
         || Harness::new(submission(), untrusted()),
         "EHLO c\r\nAUTH PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n",
     );
-    assert!(h.transcript.ends_with("334 \r\n235 2.7.0 Authentication successful\r\n"));
+    assert!(
+        h.transcript
+            .ends_with("334 \r\n235 2.7.0 Authentication successful\r\n")
+    );
 }
 
 #[test]
 fn failed_auth_waits_then_closes_after_the_limit() {
     let mut h = Harness::new(submission(), untrusted());
     h.feed(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\n");
-    assert!(!h.transcript.contains("535"), "the failure must wait for the delay");
+    assert!(
+        !h.transcript.contains("535"),
+        "the failure must wait for the delay"
+    );
     h.advance(Duration::from_millis(1999));
     assert!(!h.transcript.contains("535"));
     h.advance(Duration::from_millis(1));
-    assert!(h.transcript.ends_with("535 5.7.8 Error: authentication failed\r\n"));
+    assert!(
+        h.transcript
+            .ends_with("535 5.7.8 Error: authentication failed\r\n")
+    );
 
     // The harness lets delays pass while feeding; three failures close the session.
     let h = converse_with(
@@ -503,9 +562,9 @@ fn auth_errors() {
     )
     .transcript;
     assert!(!t.contains("250-AUTH"));
-    assert!(t.ends_with(
-        "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
-    ));
+    assert!(
+        t.ends_with("538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+    );
 
     // A SASL response line over 12288 octets.
     let long = "A".repeat(13_000);
@@ -514,7 +573,9 @@ fn auth_errors() {
         &format!("EHLO c\r\nAUTH PLAIN\r\n{long}\r\nNOOP\r\n"),
     )
     .transcript;
-    assert!(t.ends_with("334 \r\n500 5.5.6 Error: authentication response too long\r\n250 2.0.0 Ok\r\n"));
+    assert!(t.ends_with(
+        "334 \r\n500 5.5.6 Error: authentication response too long\r\n250 2.0.0 Ok\r\n"
+    ));
 }
 
 #[test]
@@ -568,7 +629,10 @@ fn restriction_list_entries() {
          450 4.1.2 <a@flaky.example>: Recipient address rejected: Domain not found (temporary)\r\n\
          250 2.1.5 Ok\r\n"
     ));
-    assert_eq!(h.questions, ["nowhere.example", "flaky.example", "example.org"]);
+    assert_eq!(
+        h.questions,
+        ["nowhere.example", "flaky.example", "example.org"]
+    );
 }
 
 #[test]
@@ -661,10 +725,15 @@ fn dsn_and_smtputf8_parameters_reach_the_envelope() {
     assert!(envelope.params.smtputf8);
     let notify = envelope.recipients[0].params.notify.unwrap();
     assert!(notify.success && notify.failure && !notify.delay && !notify.never);
-    assert_eq!(envelope.recipients[0].params.orcpt.as_deref(), Some("rfc822;bob@example.net"));
+    assert_eq!(
+        envelope.recipients[0].params.orcpt.as_deref(),
+        Some("rfc822;bob@example.net")
+    );
     assert!(h.transcript.contains("550 5.1.1 <jörg@example.net>"));
 
-    let t = smtp("EHLO c\r\nMAIL FROM:<jörg@example.org>\r\nMAIL FROM:<a@example.org> BODY=BINARYMIME\r\n");
+    let t = smtp(
+        "EHLO c\r\nMAIL FROM:<jörg@example.org>\r\nMAIL FROM:<a@example.org> BODY=BINARYMIME\r\n",
+    );
     assert!(t.ends_with(
         "553 5.6.7 Error: non-ASCII address needs SMTPUTF8\r\n555 5.5.4 Error: unsupported parameter\r\n"
     ));
@@ -728,7 +797,11 @@ fn lmtp_answers_once_per_recipient() {
         || {
             let mut h = Harness::new(config(Mode::Lmtp), Peer::default());
             h.outcome = |r| {
-                if r.address.local == "alice" { RcptOutcome::DiskFull } else { RcptOutcome::Delivered }
+                if r.address.local == "alice" {
+                    RcptOutcome::DiskFull
+                } else {
+                    RcptOutcome::Delivered
+                }
             };
             h
         },
@@ -758,12 +831,22 @@ fn lmtp_answers_once_per_recipient() {
 fn delivery_failures_are_reported() {
     let mut h = Harness::new(config(Mode::Smtp), untrusted());
     h.outcome = |_| RcptOutcome::TempFailure;
-    h.feed(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\nx\r\n.\r\n");
-    assert!(h.transcript.ends_with("451 4.3.0 Error: local delivery failed, try again later\r\n"));
+    h.feed(
+        b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert!(
+        h.transcript
+            .ends_with("451 4.3.0 Error: local delivery failed, try again later\r\n")
+    );
     let mut h = Harness::new(config(Mode::Smtp), untrusted());
     h.outcome = |_| RcptOutcome::DiskFull;
-    h.feed(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\nx\r\n.\r\n");
-    assert!(h.transcript.ends_with("452 4.3.1 Error: insufficient system storage\r\n"));
+    h.feed(
+        b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert!(
+        h.transcript
+            .ends_with("452 4.3.1 Error: insufficient system storage\r\n")
+    );
 }
 
 #[test]
@@ -776,14 +859,20 @@ fn timeouts() {
     h.advance(Duration::from_secs(299));
     assert!(!h.transcript.contains("421"));
     h.advance(Duration::from_secs(1));
-    assert!(h.transcript.ends_with("421 4.4.2 mx.example.net Error: timeout exceeded\r\n[close]"));
+    assert!(
+        h.transcript
+            .ends_with("421 4.4.2 mx.example.net Error: timeout exceeded\r\n[close]")
+    );
 
     let mut h = Harness::new(config(Mode::Smtp), untrusted());
     h.feed(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\npart");
     h.advance(Duration::from_secs(599));
     assert!(!h.transcript.contains("421"));
     h.advance(Duration::from_secs(1));
-    assert!(h.transcript.ends_with("[abort]421 4.4.2 mx.example.net Error: timeout exceeded\r\n[close]"));
+    assert!(
+        h.transcript
+            .ends_with("[abort]421 4.4.2 mx.example.net Error: timeout exceeded\r\n[close]")
+    );
     assert_eq!(h.session.poll_timeout(), None);
 }
 
@@ -803,7 +892,10 @@ fn shutdown_waits_for_a_message_in_progress() {
     h.feed(b"EHLO c\r\n");
     h.session.shutdown(h.now);
     h.drain();
-    assert!(h.transcript.ends_with("421 4.3.2 mx.example.net Service shutting down\r\n[close]"));
+    assert!(
+        h.transcript
+            .ends_with("421 4.3.2 mx.example.net Service shutting down\r\n[close]")
+    );
 }
 
 #[test]
@@ -812,9 +904,7 @@ fn address_literals_are_local_only_for_our_own_address() {
         "EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<postmaster@[198.51.100.1]>\r\n\
          RCPT TO:<bob@[198.51.100.2]>\r\n",
     );
-    assert!(t.ends_with(
-        "250 2.1.5 Ok\r\n554 5.7.1 <bob@[198.51.100.2]>: Relay access denied\r\n"
-    ));
+    assert!(t.ends_with("250 2.1.5 Ok\r\n554 5.7.1 <bob@[198.51.100.2]>: Relay access denied\r\n"));
 }
 
 #[test]
