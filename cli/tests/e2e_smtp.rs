@@ -277,3 +277,45 @@ fn submission_requires_starttls() {
     c.send(b"QUIT\r\n");
     c.expect("221 2.0.0 Bye\r\n");
 }
+
+/// CHUNKING (RFC 3030): BDAT data has no dot-stuffing; line ends are still stored as LF.
+#[test]
+fn bdat_chunks_are_stored_without_unstuffing() {
+    let fx = Fixture::new();
+    let server = fx.serve();
+    let mut c = Client::tcp(&server.addr("smtp"));
+    c.expect(GREETING);
+
+    let first = b"Subject: bdat\r\n\r\n.one dot\r\n";
+    let last = b"..two dots\r\nend\r\n";
+    c.send(b"EHLO client.test\r\nMAIL FROM:<sender@example.org>\r\nRCPT TO:<alice@mx.test>\r\n");
+    c.expect(EHLO_PLAIN);
+    c.expect("250 2.1.0 Ok\r\n");
+    c.expect("250 2.1.5 Ok\r\n");
+    let mut write = format!("BDAT {}\r\n", first.len()).into_bytes();
+    write.extend_from_slice(first);
+    write.extend_from_slice(format!("BDAT {} LAST\r\n", last.len()).as_bytes());
+    write.extend_from_slice(last);
+    c.send(&write);
+    c.expect(&format!(
+        "250 2.0.0 Ok: {} octets received\r\n",
+        first.len()
+    ));
+    let id = queue_id(&c.reply());
+
+    let files = wait_files(&fx.new_dir("alice"), 1);
+    assert_stored(
+        &files[0],
+        &Trace {
+            return_path: "sender@example.org",
+            by: "mx.test",
+            delivered_to: "alice@mx.test",
+            from: "client.test (unknown [127.0.0.1])",
+            protocol: "ESMTP",
+            tls: false,
+            queue_id: Some(&id),
+            recipient: "alice@mx.test",
+        },
+        b"Subject: bdat\n\n.one dot\n..two dots\nend\n",
+    );
+}

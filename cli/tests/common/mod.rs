@@ -104,7 +104,7 @@ impl Fixture {
             r#"hostname = "mx.test"
 domains = ["mx.test", "example.net"]
 trusted_networks = []
-runtime = "blocking"
+runtime = "{runtime}"
 data_dir = "{r}/data"
 log = "{r}/mail.log"
 
@@ -149,6 +149,7 @@ name = "lmtp"
 protocol = "lmtp"
 path = "{r}/lmtp.sock"
 "#,
+            runtime = runtime(),
             smtp = addr(ports.map(|p| p.smtp)),
             submission = addr(ports.map(|p| p.submission)),
             submissions = addr(ports.map(|p| p.submissions)),
@@ -196,6 +197,12 @@ path = "{r}/lmtp.sock"
             4,
         )
     }
+}
+
+/// The runtime the fixture's config asks for: `$TERN_E2E_RUNTIME`, else `blocking`, so the
+/// same suite can be run once per runtime.
+pub fn runtime() -> String {
+    std::env::var("TERN_E2E_RUNTIME").unwrap_or_else(|_| "blocking".to_string())
 }
 
 /// Runs `tern passwd --scheme SCHEME` with `password` on stdin and returns the printed hash.
