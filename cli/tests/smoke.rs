@@ -80,6 +80,57 @@ fn serve_delivers_one_message_and_stops_on_sigterm() {
 }
 
 #[test]
+fn the_connection_limit_and_shutdown_answer_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::write(root.join("users"), "").unwrap();
+    let config = root.join("tern.toml");
+    let text = config_text(root).replace(
+        "[[listener]]",
+        &format!(
+            "[limits]\nconnections = 1\n\n[[listener]]\nname = \"lmtp\"\nprotocol = \"lmtp\"\n\
+             path = \"{}/lmtp.sock\"\n\n[[listener]]",
+            root.display()
+        ),
+    );
+    fs::write(&config, text).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--runtime", "blocking", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let address = listening_address(&mut stdout, &mut child);
+
+    let mut first = Client::connect(&address);
+    first.expect("220 mail.example.net ESMTP tern\r\n");
+    let mut second = Client::connect(&address);
+    second.expect("421 4.7.0 mail.example.net Error: too many connections\r\n");
+    let mut rest = String::new();
+    second.reader.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+
+    // The limit is per listener: the LMTP socket still answers.
+    let lmtp = std::os::unix::net::UnixStream::connect(root.join("lmtp.sock")).unwrap();
+    let mut greeting = String::new();
+    BufReader::new(lmtp).read_line(&mut greeting).unwrap();
+    assert_eq!(greeting, "220 mail.example.net LMTP tern\r\n");
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    first.expect("421 4.3.2 mail.example.net Service shutting down\r\n");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
 fn a_port_in_use_is_one_line_and_exit_1() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = busy.local_addr().unwrap().to_string();

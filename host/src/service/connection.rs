@@ -68,8 +68,9 @@ pub struct ConnectionHandler {
 struct Message {
     queue_id: String,
     envelope: Envelope,
-    /// `None` once a write failed: the message can then only be refused.
-    spool: Option<Spool>,
+    /// The error once creating or writing the spool failed: the message can then only be
+    /// refused.
+    spool: Result<Spool, io::ErrorKind>,
     started: Instant,
     size: u64,
     header: Vec<u8>,
@@ -216,12 +217,12 @@ impl ConnectionHandler {
         self.log(&line);
 
         let spool = match Spool::create(&self.services.spool_dir) {
-            Ok(spool) => Some(spool),
+            Ok(spool) => Ok(spool),
             Err(e) => {
                 self.services
                     .log
                     .write("cleanup", &format!("warning: {queue_id}: {e}"));
-                None
+                Err(e.kind())
             }
         };
         self.message = Some(Message {
@@ -245,7 +246,7 @@ impl ConnectionHandler {
             message.header_done =
                 header_end(&message.header).is_some() || message.header.len() >= HEADER_SCAN_LIMIT;
         }
-        if let Some(spool) = &mut message.spool
+        if let Ok(spool) = &mut message.spool
             && let Err(e) = spool.write(bytes)
         {
             let id = &message.queue_id;
@@ -253,13 +254,13 @@ impl ConnectionHandler {
                 "cleanup",
                 &format!("warning: {id}: spool write failed: {e}"),
             );
-            message.spool = None;
+            message.spool = Err(e.kind());
         }
     }
 
     /// Delivers the finished message to every local destination, all or nothing.
     fn deliver(&mut self) -> DeliveryReport {
-        let Some(mut message) = self.message.take() else {
+        let Some(message) = self.message.take() else {
             // The session sends MessageStart before MessageEnd; without one there is nothing
             // that could be acknowledged.
             return DeliveryReport {
@@ -269,9 +270,16 @@ impl ConnectionHandler {
         };
         let services = Arc::clone(&self.services);
         let log = &services.log;
-        let spool = message.spool.take();
-        let id = message.queue_id.clone();
-        let envelope = &message.envelope;
+        let Message {
+            queue_id: id,
+            envelope,
+            spool,
+            started,
+            size,
+            header,
+            ..
+        } = message;
+        let envelope = &envelope;
         let sender = match &envelope.sender {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(mailbox) => mailbox.to_string(),
@@ -281,20 +289,20 @@ impl ConnectionHandler {
             recipients: vec![outcome; envelope.recipients.len()],
         };
 
-        let message_id = message_id(&message.header).unwrap_or_else(|| "<none>".to_owned());
+        let message_id = message_id(&header).unwrap_or_else(|| "<none>".to_owned());
         log.write("cleanup", &format!("{id}: message-id={message_id}"));
         log.write(
             "qmgr",
             &format!(
                 "{id}: from=<{sender}>, size={}, nrcpt={} (queue active)",
-                message.size,
+                size,
                 envelope.recipients.len()
             ),
         );
 
         let destinations = destinations(envelope);
         let defer = |reason: &str, dsn: &str| {
-            let delay = message.started.elapsed().as_secs_f64();
+            let delay = started.elapsed().as_secs_f64();
             for (rcpt, destination) in &destinations {
                 let (to, relay) = match destination {
                     Destination::Local { address, .. } => (address.as_str(), "local"),
@@ -311,9 +319,16 @@ impl ConnectionHandler {
             }
         };
 
-        let Some(spool) = spool else {
-            defer("cannot write the spool file", "4.3.0");
-            return all(RcptOutcome::TempFailure);
+        let spool = match spool {
+            Ok(spool) => spool,
+            Err(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
+                defer("cannot write the spool file: disk full", "4.3.1");
+                return all(RcptOutcome::DiskFull);
+            }
+            Err(_) => {
+                defer("cannot write the spool file", "4.3.0");
+                return all(RcptOutcome::TempFailure);
+            }
         };
         if destinations
             .iter()
@@ -343,7 +358,7 @@ impl ConnectionHandler {
 
         match services.maildirs.deliver(spool, &copies) {
             Ok(_) => {
-                let delay = message.started.elapsed().as_secs_f64();
+                let delay = started.elapsed().as_secs_f64();
                 for (rcpt, destination) in &destinations {
                     if let Destination::Local { address, .. } = destination {
                         log.write(
