@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
 use common::{Client, Fixture, Trace, assert_file_name, assert_stored, wait_files};
 
 const LHLO: &str = "250-mx.test\r\n\
@@ -35,6 +38,14 @@ fn two_recipients_and_an_unknown_one() {
         server.addr("lmtp"),
         fx.lmtp_socket().display().to_string(),
         "the lmtp listener prints its socket path"
+    );
+    // SPEC section 2: a Unix listener's mode defaults to 0600.
+    let mode = fs::metadata(fx.lmtp_socket()).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "mode of {}",
+        fx.lmtp_socket().display()
     );
     let mut c = Client::unix(&fx.lmtp_socket());
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::thread;
 use std::time::Duration;
 
@@ -135,6 +137,22 @@ fn pipelined_transaction_is_stored_byte_for_byte() {
             },
             stored_body.as_bytes(),
         );
+    }
+
+    // SPEC section 5: the mailbox path, its parents and tmp/ new/ cur/ are made with 0700.
+    let maildir = fx.maildir("alice");
+    for dir in [
+        maildir.parent().unwrap().to_path_buf(),
+        maildir.clone(),
+        maildir.join("tmp"),
+        maildir.join("new"),
+        maildir.join("cur"),
+    ] {
+        let mode = fs::metadata(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "mode of {}", dir.display());
     }
 }
 
