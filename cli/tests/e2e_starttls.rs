@@ -48,6 +48,14 @@ fn commands_pipelined_after_starttls_are_discarded() {
     c.expect("354 End data with <CR><LF>.<CR><LF>\r\n");
     c.send(b"Subject: after starttls\r\n\r\nsecret\r\n.\r\n");
     let id = queue_id(&c.reply());
+    let version = match c.stream.conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS1.2",
+        other => panic!("negotiated {other:?}"),
+    };
+    let suite = c.stream.conn.negotiated_cipher_suite().unwrap().suite();
+    // The IANA name: rustls prefixes its TLS 1.3 suites with TLS13_.
+    let suite = suite.as_str().unwrap().replace("TLS13_", "TLS_");
     c.send(b"QUIT\r\n");
     c.expect("221 2.0.0 Bye\r\n");
 
@@ -66,4 +74,7 @@ fn commands_pipelined_after_starttls_are_discarded() {
         },
         b"Subject: after starttls\n\nsecret\n",
     );
+    let text = files[0].text();
+    let clause = format!(" with ESMTPS ({version} {suite}) id {id}\n");
+    assert!(text.contains(&clause), "no `{clause}` in\n{text}");
 }
