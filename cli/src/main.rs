@@ -94,6 +94,9 @@ enum RuntimeArg {
 struct Failure {
     code: u8,
     message: String,
+    /// Whether the message already starts with where it happened (`FILE:LINE:COLUMN:`),
+    /// as SPEC.md section 1 wants config errors printed, with no program name before it.
+    located: bool,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +112,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if failure.located => {
+            eprintln!("{}", failure.message);
+            ExitCode::from(failure.code)
+        }
         Err(failure) => {
             eprintln!("tern: {}", failure.message);
             ExitCode::from(failure.code)
@@ -134,14 +141,12 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
         Some(RuntimeArg::Mio) => RuntimeKind::Mio,
         None => config.runtime,
     };
-    if requested == RuntimeKind::Blocking {
-        eprintln!("tern: runtime blocking");
+    // Said on stdout with the listeners, so that stderr stays one line when start fails.
+    let runtime_line = if requested == RuntimeKind::Blocking {
+        "runtime: blocking".to_owned()
     } else {
-        eprintln!(
-            "tern: runtime blocking ({} is not built yet)",
-            requested.name()
-        );
-    }
+        format!("runtime: blocking ({} is not built yet)", requested.name())
+    };
 
     let mailbox_path = config.mailbox.path.clone();
     let postmaster = config
@@ -161,6 +166,7 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
         .map(|b| (b.name.clone(), b.address.clone()))
         .collect();
     let ready = move || {
+        println!("{runtime_line}");
         if let Some((name, password)) = &created {
             let file = users_file.as_deref().unwrap_or(Path::new("users"));
             println!(
@@ -236,7 +242,11 @@ fn cert(hostname: &str, out: &Path) -> Result<(), Failure> {
 }
 
 fn load(path: &Path) -> Result<Config, Failure> {
-    config::load(path).map_err(|e| usage(e.to_string()))
+    config::load(path).map_err(|e| Failure {
+        code: 2,
+        message: e.to_string(),
+        located: true,
+    })
 }
 
 /// Reads a password: without echo (asked twice) on a terminal, else one line of stdin.
@@ -263,12 +273,17 @@ fn read_password() -> Result<String, Failure> {
 }
 
 fn usage(message: String) -> Failure {
-    Failure { code: 2, message }
+    Failure {
+        code: 2,
+        message,
+        located: false,
+    }
 }
 
 fn runtime_err(error: impl ToString) -> Failure {
     Failure {
         code: 1,
         message: error.to_string(),
+        located: false,
     }
 }

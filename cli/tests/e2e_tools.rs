@@ -148,7 +148,7 @@ fn openssl_starttls_then_ehlo_offers_auth() {
         "250-mx.test\r\n\
          250-PIPELINING\r\n\
          250-SIZE 10240000\r\n\
-         250-AUTH PLAIN LOGIN\r\n\
+         250-AUTH PLAIN LOGIN SCRAM-SHA-256\r\n\
          250-ENHANCEDSTATUSCODES\r\n\
          250-8BITMIME\r\n\
          250-DSN\r\n\
