@@ -160,7 +160,11 @@ impl Notification {
             clean(&self.queue_id)
         );
         if let Some(envid) = &self.envid {
-            let _ = write!(out, "Original-Envelope-Id: {}\r\n", clean(&xtext_decode(envid)));
+            let _ = write!(
+                out,
+                "Original-Envelope-Id: {}\r\n",
+                clean(&xtext_decode(envid))
+            );
         }
         let _ = write!(out, "Arrival-Date: {}\r\n", clean(&self.arrival_date));
         for rcpt in &self.recipients {
@@ -358,9 +362,11 @@ mod tests {
         let head = dsn.head();
         assert!(head.contains("Subject: Successful Mail Delivery Report\r\n"));
         assert!(head.contains("Action: relayed\r\n"));
-        assert!(head.ends_with(
-            "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-        ));
+        assert!(
+            head.ends_with(
+                "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            )
+        );
     }
 
     #[test]

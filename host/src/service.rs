@@ -10,10 +10,9 @@
 //! blocking calls and returns the [`Answer`] to feed back.
 //!
 //! Known limits of this first version:
-//! - There is no outbound queue yet. A message with a recipient in another domain (one that
-//!   the restrictions permitted, or an alias that points elsewhere) is not delivered at
-//!   all: it is answered with a temporary failure (451 4.3.0) and logged as
-//!   `status=deferred (outbound delivery not implemented)`.
+//! - A message with a recipient in another domain (one that the restrictions permitted, or
+//!   an alias that points elsewhere) goes into the outbound queue ([`crate::queue`]) before
+//!   the 250; the queue's delivery thread runs once [`crate::queue::start`] is called.
 //! - `reject_unknown_recipient_domain` resolves `domain:25` with the system resolver (A and
 //!   AAAA records); MX records are not consulted yet.
 //! - `delivery.local = "lmtp:..."`, `accounts.dovecot_auth` and `accounts.dovecot_userdb`
@@ -23,6 +22,7 @@
 mod connection;
 mod embedded;
 mod listen;
+mod submit;
 #[cfg(test)]
 mod tests;
 
@@ -44,10 +44,12 @@ use tern_core::server::{self, AuthMode, Peer, Session, TlsMode};
 pub use self::connection::{Action, Answer, ConnectionHandler, Work};
 pub use self::embedded::{Embedded, embedded};
 pub use self::listen::{Bound, Socket};
+pub use self::submit::Submission;
 use crate::accounts::{Accounts, expand_mailbox_path};
 use crate::config::{self, Config, ListenerAuth, ListenerTls, LocalDelivery, LogTarget, Protocol};
 use crate::log::{MailLog, QueueIds, client_name};
 use crate::maildir::{Maildirs, clean_spool};
+use crate::queue::Queue;
 
 /// How long a stopping server waits for sessions still inside a transaction.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -70,6 +72,8 @@ pub struct Services {
     /// Salts SCRAM keys made from `{PLAIN}` passwords; kept in `data_dir` so they stay the
     /// same across restarts.
     scram_secret: Vec<u8>,
+    /// The outbound queue under `data_dir/queue`.
+    queue: Arc<Queue>,
 }
 
 /// A connection that was admitted; dropping it frees its place in the connection limits.
@@ -120,6 +124,9 @@ impl Services {
             None => None,
         };
         let scram_secret = load_scram_secret(&config.data_dir)?;
+        let queue = Queue::open(&config.data_dir.join("queue"))
+            .map(Arc::new)
+            .map_err(|e| StartError(e.to_string()))?;
         // SPEC.md section 4: SCRAM-SHA-256 is offered only where it can succeed, which needs
         // an account whose stored password can give SCRAM keys. The check is made at start.
         let scram = accounts.as_ref().is_some_and(|accounts| {
@@ -153,6 +160,7 @@ impl Services {
             sessions,
             spool_dir,
             scram_secret,
+            queue,
         };
         services.clean_maildirs();
         Ok(services)

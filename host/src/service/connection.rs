@@ -357,7 +357,7 @@ impl ConnectionHandler {
             }
         };
 
-        let spool = match spool {
+        let mut spool = match spool {
             Ok(spool) => spool,
             Err(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
                 defer("cannot write the spool file: disk full", "4.3.1");
@@ -368,14 +368,6 @@ impl ConnectionHandler {
                 return all(RcptOutcome::TempFailure);
             }
         };
-        if destinations
-            .iter()
-            .any(|(_, d)| matches!(d, Destination::Remote(_)))
-        {
-            defer("outbound delivery not implemented", "4.3.0");
-            return all(RcptOutcome::TempFailure);
-        }
-
         let info = ReceivedInfo {
             helo: envelope.helo.clone(),
             client_ip: self.peer.client,
@@ -384,6 +376,16 @@ impl ConnectionHandler {
             tls: self.tls.clone(),
             queue_id: id.clone(),
             recipient: None,
+        };
+        // Remote recipients are queued first and committed only once the local copies are
+        // in place, so the one reply holds for all.
+        let queued = match super::submit::queue_remote(&services, envelope, &info, size, &mut spool)
+        {
+            Ok(queued) => queued,
+            Err(e) => {
+                defer(&format!("cannot queue: {e}"), "4.3.0");
+                return all(RcptOutcome::TempFailure);
+            }
         };
         let copies = match build_copies(&services, &sender, &info, &destinations, SystemTime::now())
         {
@@ -395,6 +397,10 @@ impl ConnectionHandler {
         };
 
         match services.maildirs.deliver(spool, &copies) {
+            Ok(_) if queued.is_some_and(|pending| pending.commit().is_err()) => {
+                defer("cannot commit to the queue", "4.3.0");
+                all(RcptOutcome::TempFailure)
+            }
             Ok(_) => {
                 let delay = started.elapsed().as_secs_f64();
                 for (rcpt, destination) in &destinations {
