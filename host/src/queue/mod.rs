@@ -116,6 +116,17 @@ impl Queue {
         Ok(queue)
     }
 
+    /// Opens an existing queue directory to read it (`tern queue`), touching nothing: a
+    /// running server may be writing there.
+    pub fn open_for_listing(dir: &Path) -> io::Result<Queue> {
+        Ok(Queue {
+            dir: dir.to_owned(),
+            write: Mutex::new(()),
+            wake: (Mutex::new(false), Condvar::new()),
+            retry: RETRY_SCHEDULE.to_vec(),
+        })
+    }
+
     /// The queue directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,0 +1,494 @@
+//! The outbound queue end to end (SPEC.md section 5, "Mail for other domains"): tern relays
+//! to a scripted SMTP server on loopback (the relay host), retries a 4xx, returns a 5xx to
+//! the sender as an RFC 3464 notification, survives SIGKILL in the middle of a delivery,
+//! and takes mail from `tern sendmail` (and s-nail through it).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Client, Fixture, Server, read_files, tern_bin, wait_files};
+
+/// How long a relayed message may take to arrive (retries come after one second here).
+const ARRIVAL: Duration = Duration::from_secs(20);
+
+/// A message the scripted receiver accepted.
+#[derive(Debug, Clone)]
+struct Received {
+    sender: String,
+    recipients: Vec<String>,
+    text: String,
+}
+
+/// A scripted SMTP server: `temp@` is refused with 451 on its first RCPT, `perm@` always
+/// with 550; everything else is taken. While `stall` is set it never answers the final dot.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Received>>>,
+    stall: Arc<AtomicBool>,
+    /// Set once a stalled transaction's final dot has arrived.
+    stalled: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stall = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let refused_once = Arc::new(Mutex::new(false));
+        let (g, s, sd) = (got.clone(), stall.clone(), stalled.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let (g, s, sd, r) = (g.clone(), s.clone(), sd.clone(), refused_once.clone());
+                thread::spawn(move || serve_one(stream, &g, &s, &sd, &r));
+            }
+        });
+        Receiver {
+            port,
+            got,
+            stall,
+            stalled,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` messages have arrived.
+    #[track_caller]
+    fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + ARRIVAL;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} messages arrived: {got:#?}",
+                got.len()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn serve_one(
+    stream: TcpStream,
+    got: &Mutex<Vec<Received>>,
+    stall: &AtomicBool,
+    stalled: &AtomicBool,
+    refused_once: &Mutex<bool>,
+) {
+    let mut out = stream.try_clone().unwrap();
+    let mut lines = BufReader::new(stream);
+    let mut say = |text: &str| out.write_all(text.as_bytes()).is_ok();
+    say("220 sink.test ESMTP\r\n");
+    let (mut sender, mut recipients) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            "250-sink.test\r\n250-8BITMIME\r\n250-SIZE 1000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                .to_owned()
+        } else if upper.starts_with("MAIL FROM:") {
+            sender = angle(&line);
+            recipients.clear();
+            "250 2.1.0 Ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = angle(&line);
+            let mut refused = refused_once.lock().unwrap();
+            if rcpt.starts_with("perm@") {
+                "550 5.1.1 <perm@remote.test>: no such user here\r\n".into()
+            } else if rcpt.starts_with("temp@") && !*refused {
+                *refused = true;
+                "451 4.3.0 try again later\r\n".into()
+            } else {
+                recipients.push(rcpt);
+                "250 2.1.5 Ok\r\n".into()
+            }
+        } else if upper.starts_with("DATA") {
+            if recipients.is_empty() {
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else {
+                say("354 go ahead\r\n");
+                let mut text = String::new();
+                loop {
+                    let mut data = String::new();
+                    if lines.read_line(&mut data).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if data == ".\r\n" {
+                        break;
+                    }
+                    text.push_str(data.strip_prefix('.').unwrap_or(&data));
+                }
+                if stall.load(Ordering::SeqCst) {
+                    // Never answer: the client must not count this message as sent.
+                    stalled.store(true, Ordering::SeqCst);
+                    loop {
+                        thread::sleep(Duration::from_millis(50));
+                        let mut probe = String::new();
+                        if lines.read_line(&mut probe).unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                }
+                got.lock().unwrap().push(Received {
+                    sender: sender.clone(),
+                    recipients: recipients.clone(),
+                    text,
+                });
+                "250 2.0.0 Ok: queued as SINK\r\n".into()
+            }
+        } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+            "250 2.0.0 Ok\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            say("221 2.0.0 Bye\r\n");
+            return;
+        } else {
+            "502 5.5.2 what?\r\n".into()
+        };
+        if !say(&reply) {
+            return;
+        }
+    }
+}
+
+fn angle(line: &str) -> String {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
+    line[start..end].to_owned()
+}
+
+/// A fixture whose smtp listener trusts loopback and relays to `receiver`.
+fn relaying_fixture(receiver: &Receiver) -> Fixture {
+    let fx = Fixture::new();
+    let port = receiver.port;
+    fx.edit_config(|text| {
+        text.replace(
+            "trusted_networks = []",
+            r#"trusted_networks = ["127.0.0.0/8"]"#,
+        ) + &format!(
+            "\n[delivery]\nrelay_host = \"[127.0.0.1]:{port}\"\nrelay_tls = \"may\"\n\
+                 queue_lifetime = \"1h\"\n"
+        )
+    });
+    fx
+}
+
+/// `tern serve` with one-second retries.
+fn serve(fx: &Fixture) -> Server {
+    Server::start(
+        Command::new(tern_bin())
+            .env("TERN_QUEUE_RETRY", "1s")
+            .args(["serve", "--config"])
+            .arg(&fx.config),
+        fx.root(),
+        4,
+    )
+}
+
+/// Sends one message over the smtp listener; returns its queue id.
+fn send(server: &Server, from: &str, to: &[&str], subject: &str) -> String {
+    let mut c = Client::tcp(&server.addr("smtp"));
+    c.expect_prefix("220 ");
+    c.cmd("EHLO client.test");
+    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+    for rcpt in to {
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(reply.starts_with("250"), "RCPT {rcpt}: {reply}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(
+        format!(
+            "From: <{from}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\n\
+             Hello {subject}.\r\n..leading dot\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
+    let reply = c.reply();
+    c.cmd("QUIT");
+    common::queue_id(&reply)
+}
+
+#[track_caller]
+fn wait_log(fx: &Fixture, needle: &str) -> String {
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        let log = fs::read_to_string(fx.root().join("mail.log")).unwrap_or_default();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in the log:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn relayed_retried_and_bounced() {
+    let receiver = Receiver::start();
+    let fx = relaying_fixture(&receiver);
+    let server = serve(&fx);
+
+    let ok = send(&server, "alice@example.net", &["ok@remote.test"], "first");
+    let temp = send(
+        &server,
+        "alice@example.net",
+        &["temp@remote.test"],
+        "second",
+    );
+    let perm = send(&server, "alice@example.net", &["perm@remote.test"], "third");
+
+    let got = receiver.wait_for(2);
+    let by_subject: BTreeMap<String, &Received> = got
+        .iter()
+        .map(|r| {
+            let subject = r
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap();
+            (subject.to_owned(), r)
+        })
+        .collect();
+    assert_eq!(by_subject.len(), 2, "{got:#?}");
+    let first = by_subject["first"];
+    assert_eq!(first.sender, "alice@example.net");
+    assert_eq!(first.recipients, ["ok@remote.test"]);
+    assert!(
+        first.text.starts_with("Received: from client.test"),
+        "{}",
+        first.text
+    );
+    assert!(first.text.contains(&format!("id {ok}")), "{}", first.text);
+    // Dot-stuffing undone by the receiver gives back the line as sent.
+    assert!(
+        first.text.ends_with("Hello first.\r\n.leading dot\r\n"),
+        "{:?}",
+        first.text
+    );
+    assert_eq!(by_subject["second"].recipients, ["temp@remote.test"]);
+
+    let relay = format!("relay=127.0.0.1[127.0.0.1]:{}", receiver.port);
+    let log = wait_log(&fx, &format!("{perm}: to=<perm@remote.test>, {relay}"));
+    assert!(
+        log.contains(&format!("{ok}: to=<ok@remote.test>, {relay}, delay=")),
+        "{log}"
+    );
+    assert!(
+        log.contains("dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as SINK)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{temp}: to=<temp@remote.test>, {relay}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("dsn=4.3.0, status=deferred (451 4.3.0 try again later"),
+        "{log}"
+    );
+    assert!(
+        log.contains("dsn=5.1.1, status=bounced (550 5.1.1"),
+        "{log}"
+    );
+
+    // The 5xx comes back to alice as a delivery status notification.
+    let files = wait_files(&fx.new_dir("alice"), 1);
+    let path = fx.new_dir("alice").join(&files[0].name);
+    let text = files[0].text();
+    assert!(text.starts_with("Return-Path: <>\n"), "{text}");
+    let check = r#"
+import email, sys
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'))
+assert m.get_content_type() == 'multipart/report', m.get_content_type()
+assert m.get_param('report-type') == 'delivery-status'
+parts = m.get_payload()
+assert [p.get_content_type() for p in parts] == ['text/plain', 'message/delivery-status', 'message/rfc822'], [p.get_content_type() for p in parts]
+fields = parts[1].get_payload()
+per_message, per_rcpt = fields[0], fields[1]
+assert per_message['Reporting-MTA'] == 'dns; mx.test', per_message['Reporting-MTA']
+assert per_rcpt['Final-Recipient'] == 'rfc822; perm@remote.test'
+assert per_rcpt['Action'] == 'failed'
+assert per_rcpt['Status'] == '5.1.1'
+assert per_rcpt['Diagnostic-Code'].startswith('smtp; 550 5.1.1'), per_rcpt['Diagnostic-Code']
+original = parts[2].get_payload()[0]
+assert original['Subject'] == 'third', original['Subject']
+print('ok')
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(&path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "python: {}\n{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The queue empties; `tern queue` says so.
+    wait_log(&fx, &format!("{perm}: removed"));
+    let listing = tern(&fx, &["queue"], b"");
+    assert!(listing.contains("Mail queue is empty"), "{listing}");
+    assert_eq!(receiver.received().len(), 2, "nothing arrived twice");
+}
+
+#[test]
+fn sigkill_during_delivery_loses_nothing_and_sends_nothing_twice() {
+    let receiver = Receiver::start();
+    receiver.stall.store(true, Ordering::SeqCst);
+    let fx = relaying_fixture(&receiver);
+    let server = serve(&fx);
+    let subjects = ["k1", "k2", "k3"];
+    for subject in subjects {
+        send(&server, "alice@example.net", &["ok@remote.test"], subject);
+    }
+    let deadline = Instant::now() + ARRIVAL;
+    while !receiver.stalled.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "no delivery started");
+        thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+
+    let listing = tern(&fx, &["queue"], b"");
+    assert!(listing.contains("-- 3 message(s)"), "{listing}");
+    receiver.stall.store(false, Ordering::SeqCst);
+    let _server = serve(&fx);
+    receiver.wait_for(3);
+    thread::sleep(Duration::from_millis(500));
+    let mut got: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            r.text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, subjects, "each message exactly once");
+}
+
+#[test]
+fn sendmail_drops_mail_that_the_server_delivers() {
+    let receiver = Receiver::start();
+    let fx = relaying_fixture(&receiver);
+
+    // Dropped while the server is down: picked up at start.
+    let out = tern(
+        &fx,
+        &["sendmail", "-f", "alice@example.net", "bob"],
+        b"Subject: while down\nTo: bob\n\nline one\nline two\n",
+    );
+    assert!(out.is_empty(), "{out}");
+    let server = serve(&fx);
+    let files = wait_files(&fx.new_dir("bob"), 1);
+    let text = files[0].text();
+    assert!(
+        text.starts_with("Return-Path: <alice@example.net>\nDelivered-To: bob@mx.test\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Subject: while down\nTo: bob\n\nline one\nline two\n"),
+        "{text}"
+    );
+
+    // -t: To and Bcc are recipients, Bcc is removed, a remote Cc is relayed.
+    tern(
+        &fx,
+        &["sendmail", "-t", "-i", "-f", "bob@example.net"],
+        b"To: alice@example.net\nCc: ok@remote.test\nBcc: bob@example.net\nSubject: t\n\nbody\n",
+    );
+    let alice = wait_files(&fx.new_dir("alice"), 1);
+    assert!(!alice[0].text().contains("Bcc:"), "{}", alice[0].text());
+    wait_files(&fx.new_dir("bob"), 2);
+    let relayed = receiver.wait_for(1);
+    assert_eq!(relayed[0].recipients, ["ok@remote.test"]);
+    assert!(relayed[0].text.contains("Cc: ok@remote.test\r\n"));
+
+    // No recipient: exit 64, nothing dropped.
+    let status = Command::new(tern_bin())
+        .args(["sendmail", "--config"])
+        .arg(&fx.config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(64));
+
+    // s-nail, told to use tern sendmail as its MTA.
+    if Command::new("s-nail").arg("-V").output().is_ok() {
+        let mut child = Command::new("s-nail")
+            .args(["-:/", "-S"])
+            .arg(format!("mta={}", tern_bin()))
+            .arg("-S")
+            .arg(format!("mta-arguments=--config {}", fx.config.display()))
+            .args(["-s", "from s-nail", "alice@example.net"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run s-nail");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"sent with s-nail\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let alice = wait_files(&fx.new_dir("alice"), 2);
+        assert!(
+            alice
+                .iter()
+                .any(|f| f.text().contains("Subject: from s-nail")),
+            "{alice:?}"
+        );
+    }
+    drop(server);
+    assert!(read_files(&fx.root().join("data/maildrop")).is_empty());
+}
+
+/// Runs `tern ARGS --config` with `input` on stdin; returns stdout, asserting success.
+fn tern(fx: &Fixture, args: &[&str], input: &[u8]) -> String {
+    let (first, rest) = args.split_first().unwrap();
+    let mut child = Command::new(tern_bin())
+        .arg(first)
+        .arg("--config")
+        .arg(&fx.config)
+        .args(rest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "tern {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
