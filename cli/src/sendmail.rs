@@ -112,7 +112,8 @@ fn crlf_lines(input: &[u8], dot_ends: bool) -> Vec<u8> {
             line.clear();
         }
     }
-    if !line.is_empty() && !(dot_ends && line == b".") {
+    let lone_dot = dot_ends && line == b".";
+    if !line.is_empty() && !lone_dot {
         out.extend_from_slice(&line);
         out.extend_from_slice(b"\r\n");
     }
