@@ -49,8 +49,13 @@ fn plain_smtp_with_pipelining_delivers_and_says_bye() {
     );
 
     let stored = server.only_message("bob");
-    assert!(stored.starts_with("Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\n"));
-    assert!(stored.ends_with("\nSubject: pipelined\n\nhello\n.dot\n"), "{stored}");
+    assert!(
+        stored.starts_with("Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\n")
+    );
+    assert!(
+        stored.ends_with("\nSubject: pipelined\n\nhello\n.dot\n"),
+        "{stored}"
+    );
     server.stop();
 }
 
@@ -75,14 +80,20 @@ fn starttls_then_auth_on_submission() {
     client.send("MAIL FROM:<bob@example.net>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n");
     client.expect_bytes("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
     client.send("Subject: over tls\r\n\r\nsecret\r\n.\r\n");
-    assert_eq!(mask(client.reply().as_bytes()), "250 2.0.0 Ok: queued as ID\r\n");
+    assert_eq!(
+        mask(client.reply().as_bytes()),
+        "250 2.0.0 Ok: queued as ID\r\n"
+    );
     client.send("QUIT\r\n");
     client.expect("221 2.0.0 Bye\r\n");
     assert_eq!(client.read_to_end(), b"");
 
     let stored = server.only_message("bob");
     assert!(stored.contains(" with ESMTPSA (TLS1.3 TLS_"), "{stored}");
-    assert!(stored.ends_with("\nSubject: over tls\n\nsecret\n"), "{stored}");
+    assert!(
+        stored.ends_with("\nSubject: over tls\n\nsecret\n"),
+        "{stored}"
+    );
     server.stop();
 }
 
@@ -134,7 +145,11 @@ fn lmtp_over_the_unix_socket_answers_per_recipient() {
     for copy in &stored {
         assert!(copy.ends_with("\nSubject: lmtp\n\nvia lmtp\n"), "{copy}");
     }
-    assert!(stored.iter().any(|c| c.contains("Delivered-To: bob+lists@example.net\n")));
+    assert!(
+        stored
+            .iter()
+            .any(|c| c.contains("Delivered-To: bob+lists@example.net\n"))
+    );
     server.stop();
 }
 
@@ -188,7 +203,10 @@ fn a_five_megabyte_message_is_stored_byte_for_byte() {
     }
     wire.push_str(".\r\n");
     client.send(&wire);
-    assert_eq!(mask(client.reply().as_bytes()), "250 2.0.0 Ok: queued as ID\r\n");
+    assert_eq!(
+        mask(client.reply().as_bytes()),
+        "250 2.0.0 Ok: queued as ID\r\n"
+    );
     client.send("QUIT\r\n");
     client.expect("221 2.0.0 Bye\r\n");
 
@@ -197,7 +215,10 @@ fn a_five_megabyte_message_is_stored_byte_for_byte() {
     assert!(stored.len() > expected.len());
     let (head, body) = stored.split_at(stored.len() - expected.len());
     assert!(body == expected, "the stored message differs");
-    assert!(head.starts_with("Return-Path: <alice@example.org>\n"), "{head}");
+    assert!(
+        head.starts_with("Return-Path: <alice@example.org>\n"),
+        "{head}"
+    );
     assert!(head.len() < 1024, "{head}");
     server.stop();
 }
@@ -231,7 +252,10 @@ fn sigterm_lets_a_message_in_data_finish_and_exits_0() {
     let status = server.wait(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
     let stored = server.only_message("bob");
-    assert!(stored.ends_with("\nSubject: late\n\nfirst half\nsecond half\n"), "{stored}");
+    assert!(
+        stored.ends_with("\nSubject: late\n\nfirst half\nsecond half\n"),
+        "{stored}"
+    );
     assert!(server.stderr().starts_with("tern: runtime mio\n"));
 }
 
@@ -309,7 +333,10 @@ impl Server {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        files.iter().map(|f| fs::read_to_string(f).unwrap()).collect()
+        files
+            .iter()
+            .map(|f| fs::read_to_string(f).unwrap())
+            .collect()
     }
 
     fn stderr(&self) -> String {
@@ -331,7 +358,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < limit, "tern did not stop within {limit:?}");
+            assert!(
+                start.elapsed() < limit,
+                "tern did not stop within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
