@@ -259,6 +259,38 @@ fn sigterm_lets_a_message_in_data_finish_and_exits_0() {
     assert!(server.stderr().starts_with("tern: runtime mio\n"));
 }
 
+#[test]
+fn the_connection_limit_answers_421_and_garbage_on_implicit_tls_is_dropped() {
+    let mut server = Server::start("connections = 1\n");
+    let mut first = Client::tcp(server.address("smtp"));
+    first.expect("220 mail.example.net ESMTP tern\r\n");
+    let mut second = Client::tcp(server.address("smtp"));
+    assert_eq!(
+        second.read_to_end(),
+        b"421 4.7.0 mail.example.net Error: too many connections\r\n"
+    );
+
+    // Plain text where a ClientHello belongs: no reply in plain text, the connection ends.
+    let mut garbage = Client::tcp(server.address("submissions"));
+    garbage.send("EHLO client.example\r\n");
+    let answer = garbage.read_to_end();
+    assert!(!answer.starts_with(b"220"), "{answer:?}");
+
+    // The first session was not disturbed.
+    first.send("NOOP\r\n");
+    first.expect("250 2.0.0 Ok\r\n");
+    server.stop();
+    let log = fs::read_to_string(server.root.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("connection concurrency limit exceeded"),
+        "{log}"
+    );
+    assert!(
+        log.contains("SSL_accept error from unknown[127.0.0.1]: "),
+        "{log}"
+    );
+}
+
 /// `tern serve --runtime mio` on a temporary directory, with smtp (STARTTLS may),
 /// submission (STARTTLS required, AUTH required), submissions (implicit TLS) and LMTP.
 struct Server {

@@ -152,7 +152,8 @@ impl EventLoop {
                     }
                     token => {
                         if let Some(conn) = self.conns.get_mut(&token) {
-                            conn.readable |= event.is_readable() || event.is_read_closed();
+                            conn.readable |=
+                                event.is_readable() || event.is_read_closed() || event.is_error();
                             self.with_conn(token, |conn, cx| conn.drive(cx));
                         }
                     }
