@@ -19,11 +19,13 @@ mod pool;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UnixListener, UnixStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tern_core::server::{Peer, TlsMode};
 use tern_host::service::{Bound, SHUTDOWN_GRACE, Services, Socket};
@@ -58,7 +60,7 @@ pub fn run(services: Arc<Services>, bound: Vec<Bound>, ready: impl FnOnce()) -> 
 
     let mut listeners = Vec::new();
     for (n, listener) in bound.into_iter().enumerate() {
-        let mut socket = match listener.socket {
+        let socket = match listener.socket {
             Socket::Tcp(socket) => {
                 socket.set_nonblocking(true)?;
                 Listening::Tcp(TcpListener::from_std(socket))
@@ -69,10 +71,8 @@ pub fn run(services: Arc<Services>, bound: Vec<Bound>, ready: impl FnOnce()) -> 
             }
         };
         let token = Token(FIRST_LISTENER + n);
-        match &mut socket {
-            Listening::Tcp(s) => poll.registry().register(s, token, Interest::READABLE)?,
-            Listening::Unix(s) => poll.registry().register(s, token, Interest::READABLE)?,
-        }
+        poll.registry()
+            .register(&mut SourceFd(&socket.fd()), token, Interest::READABLE)?;
         listeners.push(Some((listener.listener, socket)));
     }
     let next_token = FIRST_LISTENER + listeners.len();
@@ -99,6 +99,15 @@ pub fn run(services: Arc<Services>, bound: Vec<Bound>, ready: impl FnOnce()) -> 
 enum Listening {
     Tcp(TcpListener),
     Unix(UnixListener),
+}
+
+impl Listening {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listening::Tcp(s) => s.as_raw_fd(),
+            Listening::Unix(s) => s.as_raw_fd(),
+        }
+    }
 }
 
 struct EventLoop {
@@ -212,11 +221,11 @@ impl EventLoop {
                 self.finish(conn);
                 continue;
             }
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(conn.stream(), token, Interest::READABLE)
-            {
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&conn.source()),
+                token,
+                Interest::READABLE,
+            ) {
                 tracing::warn!(error = %e, "cannot register a connection");
                 self.finish(conn);
                 continue;
@@ -276,11 +285,8 @@ impl EventLoop {
         }
         self.stopping = Some(Instant::now());
         for listener in &mut self.listeners {
-            if let Some((_, mut socket)) = listener.take() {
-                let _ = match &mut socket {
-                    Listening::Tcp(s) => self.poll.registry().deregister(s),
-                    Listening::Unix(s) => self.poll.registry().deregister(s),
-                };
+            if let Some((_, socket)) = listener.take() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&socket.fd()));
             }
         }
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
@@ -305,7 +311,10 @@ impl EventLoop {
         let alive = f(conn, &mut cx);
         if !alive && !conn.gone {
             conn.shut();
-            let _ = self.poll.registry().deregister(conn.stream());
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&conn.source()));
         }
         if conn.gone {
             if let Some(at) = conn.timer.take() {
@@ -325,7 +334,7 @@ impl EventLoop {
             let _ = self
                 .poll
                 .registry()
-                .reregister(conn.stream(), token, interest);
+                .reregister(&mut SourceFd(&conn.source()), token, interest);
         }
         let deadline = conn.deadline();
         if deadline != conn.timer {
