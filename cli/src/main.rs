@@ -3,8 +3,8 @@
 //! Exit codes: 0 success, 1 a runtime failure (one line on stderr naming the file or
 //! address), 2 a usage or configuration error.
 //!
-//! Only the blocking runtime exists so far: `--runtime smol` and `--runtime mio` (and the
-//! `runtime` key) run it too, and say so on stderr. `replay`, `queue` and `sendmail` are not
+//! The blocking and mio runtimes exist so far: `--runtime smol` (and `runtime = "smol"`)
+//! runs the blocking runtime and says so on stderr. `replay`, `queue` and `sendmail` are not
 //! here yet.
 
 use std::io::{self, BufRead, IsTerminal};
@@ -141,9 +141,13 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
         Some(RuntimeArg::Mio) => RuntimeKind::Mio,
         None => config.runtime,
     };
+    let runtime = match requested {
+        RuntimeKind::Mio => RuntimeKind::Mio,
+        RuntimeKind::Blocking | RuntimeKind::Smol => RuntimeKind::Blocking,
+    };
     // Said on stdout with the listeners, so that stderr stays one line when start fails.
-    let runtime_line = if requested == RuntimeKind::Blocking {
-        "runtime: blocking".to_owned()
+    let runtime_line = if runtime == requested {
+        format!("runtime: {}", runtime.name())
     } else {
         format!("runtime: blocking ({} is not built yet)", requested.name())
     };
@@ -182,8 +186,11 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
             None => println!("mail: {mailbox_path}"),
         }
     };
-    tern_runtime_blocking::run(services, bound, ready)
-        .map_err(|e| runtime_err(format!("cannot run: {e}")))
+    match runtime {
+        RuntimeKind::Mio => tern_runtime_mio::run(services, bound, ready),
+        _ => tern_runtime_blocking::run(services, bound, ready),
+    }
+    .map_err(|e| runtime_err(format!("cannot run: {e}")))
 }
 
 fn check_config(path: Option<&Path>) -> Result<(), Failure> {
