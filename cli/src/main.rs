@@ -3,9 +3,8 @@
 //! Exit codes: 0 success, 1 a runtime failure (one line on stderr naming the file or
 //! address), 2 a usage or configuration error.
 //!
-//! Only the blocking runtime exists so far: `--runtime smol` and `--runtime mio` (and the
-//! `runtime` key) run it too, and say so on stderr. `replay`, `queue` and `sendmail` are not
-//! here yet.
+//! The blocking and smol runtimes exist; `--runtime mio` (and `runtime = "mio"`) runs the
+//! blocking one and says so on stderr. `replay`, `queue` and `sendmail` are not here yet.
 
 use std::io::{self, BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -134,13 +133,16 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
         Some(RuntimeArg::Mio) => RuntimeKind::Mio,
         None => config.runtime,
     };
-    if requested == RuntimeKind::Blocking {
-        eprintln!("tern: runtime blocking");
-    } else {
-        eprintln!(
-            "tern: runtime blocking ({} is not built yet)",
-            requested.name()
-        );
+    let runtime = match requested {
+        RuntimeKind::Smol => RuntimeKind::Smol,
+        RuntimeKind::Blocking => RuntimeKind::Blocking,
+        RuntimeKind::Mio => {
+            eprintln!("tern: runtime blocking (mio is not built yet)");
+            RuntimeKind::Blocking
+        }
+    };
+    if runtime == requested {
+        eprintln!("tern: runtime {}", runtime.name());
     }
 
     let mailbox_path = config.mailbox.path.clone();
@@ -176,8 +178,11 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
             None => println!("mail: {mailbox_path}"),
         }
     };
-    tern_runtime_blocking::run(services, bound, ready)
-        .map_err(|e| runtime_err(format!("cannot run: {e}")))
+    match runtime {
+        RuntimeKind::Smol => tern_runtime_smol::run(services, bound, ready),
+        _ => tern_runtime_blocking::run(services, bound, ready),
+    }
+    .map_err(|e| runtime_err(format!("cannot run: {e}")))
 }
 
 fn check_config(path: Option<&Path>) -> Result<(), Failure> {
