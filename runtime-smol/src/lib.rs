@@ -23,23 +23,19 @@ use std::time::{Duration, Instant};
 
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
-use rustls::ServerConfig;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use smol::{Async, Executor, Timer};
 use tern_core::server::{Peer, Session, TlsMode};
 use tern_host::service::{
-    Action, Admission, Answer, Bound, ConnectionHandler, SHUTDOWN_GRACE, Services, Socket, Work,
+    Action, Admission, Answer, Bound, ConnectionHandler, Driver, SHUTDOWN_GRACE, Services, Socket,
+    Step, Work, handshake_deadline,
 };
 use tern_host::tls::connection_info;
 
 /// How much a session reads at a time; more is borrowed only while input keeps coming.
 pub const READ_SIZE: usize = 4096;
-
-/// Input read ahead of a session that is not consuming (it waits out an AUTH failure
-/// delay) is capped here; reading stops until it drains.
-const MAX_PENDING: usize = 64 * 1024;
 
 /// How long a refused connection gets to take its 421.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -187,27 +183,16 @@ async fn serve(
     // A client that stops reading must not hold its session forever.
     let write_timeout = config.limits.command_timeout;
     let mut conn = stream;
-
     if config.tls == TlsMode::Implicit {
-        let deadline = Instant::now() + config.limits.command_timeout;
-        let Some(tls) = services.tls() else {
-            return handler;
-        };
-        match handshake(conn, tls, deadline, stop).await {
-            Ok(stream) => {
-                handler.tls_established(connection_info(stream.get_ref().1));
-                conn = Box::new(stream);
-            }
-            Err(e) => {
-                handler.tls_failed(&e);
-                return handler;
-            }
+        let deadline = handshake_deadline(session, &config, Instant::now());
+        match start_tls(conn, services, &mut handler, deadline, stop).await {
+            Some(tls) => conn = tls,
+            None => return handler,
         }
     }
 
-    let mut pending = Vec::new();
+    let mut driver = Driver::new();
     let mut held: Option<Action> = None;
-    let mut stopping: Option<Instant> = None;
     loop {
         while let Some(action) = held
             .take()
@@ -223,26 +208,14 @@ async fn serve(
                     }
                 }
                 Action::StartTls => {
-                    // Nothing pipelined behind STARTTLS may survive into the TLS session.
-                    pending.clear();
-                    let deadline = session
-                        .poll_timeout()
-                        .unwrap_or_else(|| Instant::now() + config.limits.command_timeout);
+                    driver.discard_input();
+                    let deadline = handshake_deadline(session, &config, Instant::now());
                     if timeout(write_timeout, conn.flush()).await.is_err() {
                         return handler;
                     }
-                    let Some(tls) = services.tls() else {
-                        return handler;
-                    };
-                    match handshake(conn, tls, deadline, stop).await {
-                        Ok(stream) => {
-                            handler.tls_established(connection_info(stream.get_ref().1));
-                            conn = Box::new(stream);
-                        }
-                        Err(e) => {
-                            handler.tls_failed(&e);
-                            return handler;
-                        }
+                    match start_tls(conn, services, &mut handler, deadline, stop).await {
+                        Some(tls) => conn = tls,
+                        None => return handler,
                     }
                     session.handle_tls_established(Instant::now());
                 }
@@ -271,60 +244,66 @@ async fn serve(
             return handler;
         }
 
-        let now = Instant::now();
-        if stopping.is_none() && stop.is_closed() {
-            stopping = Some(now);
-            session.shutdown(now);
-            continue;
-        }
-        if stopping.is_some_and(|since| now.duration_since(since) >= SHUTDOWN_GRACE) {
-            return handler;
-        }
-        if session
-            .poll_timeout()
-            .is_some_and(|deadline| now >= deadline)
-        {
-            session.handle_timeout(now);
-            continue;
-        }
-        if !pending.is_empty() {
-            let used = session.receive(now, &pending);
-            pending.drain(..used);
-            if used > 0 {
-                continue;
-            }
-        }
-        if pending.is_empty() && pending.capacity() > READ_SIZE {
-            // A burst (a message, a long pipeline) is over: give its memory back.
-            pending = Vec::new();
-        }
-
-        let wake = [
-            session.poll_timeout(),
-            stopping.map(|since| since + SHUTDOWN_GRACE),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let read = async {
-            if pending.len() >= MAX_PENDING {
+        let (until, read) = match driver.step(session, stop.is_closed(), Instant::now()) {
+            Step::Outputs => continue,
+            Step::End => return handler,
+            Step::Wait { until, read } => (until, read),
+        };
+        let stopping = driver.is_stopping();
+        let input = async {
+            if !read {
                 future::pending::<()>().await;
             }
-            Some(read_into(&mut conn, &mut pending).await)
+            Some(read_into(&mut conn, driver.input()).await)
         };
         let timer = async {
-            wake.map_or_else(Timer::never, Timer::at).await;
+            until.map_or_else(Timer::never, Timer::at).await;
             None
         };
         let stopped = async {
-            if stopping.is_some() {
+            if stopping {
                 future::pending::<()>().await;
             }
             let _ = stop.recv().await;
             None
         };
-        if let Some(Ok(0) | Err(_)) = read.or(timer).or(stopped).await {
+        if let Some(Ok(0) | Err(_)) = input.or(timer).or(stopped).await {
             return handler;
+        }
+    }
+}
+
+/// Runs the TLS handshake on `conn` and tells the handler how it went; `None` when it failed
+/// or no certificate is configured.
+async fn start_tls(
+    conn: Conn,
+    services: &Services,
+    handler: &mut ConnectionHandler,
+    deadline: Instant,
+    stop: &Receiver<()>,
+) -> Option<Conn> {
+    let tls = services.tls()?;
+    let give_up = async {
+        Timer::at(deadline)
+            .or(async {
+                let _ = stop.recv().await;
+                Instant::now()
+            })
+            .await;
+        Err(io::ErrorKind::TimedOut.into())
+    };
+    match TlsAcceptor::from(Arc::clone(tls))
+        .accept(conn)
+        .or(give_up)
+        .await
+    {
+        Ok(stream) => {
+            handler.tls_established(connection_info(stream.get_ref().1));
+            Some(Box::new(stream))
+        }
+        Err(e) => {
+            handler.tls_failed(&e);
+            None
         }
     }
 }
@@ -339,28 +318,6 @@ async fn unblock_work(
         (handler, answers)
     })
     .await
-}
-
-/// Runs the server side of a TLS handshake on `plain`, giving up at `deadline` or on stop.
-async fn handshake(
-    plain: Conn,
-    tls: &Arc<ServerConfig>,
-    deadline: Instant,
-    stop: &Receiver<()>,
-) -> io::Result<TlsStream<Conn>> {
-    let give_up = async {
-        Timer::at(deadline)
-            .or(async {
-                let _ = stop.recv().await;
-                Instant::now()
-            })
-            .await;
-        Err(io::ErrorKind::TimedOut.into())
-    };
-    TlsAcceptor::from(Arc::clone(tls))
-        .accept(plain)
-        .or(give_up)
-        .await
 }
 
 async fn timeout<T>(limit: Duration, work: impl Future<Output = io::Result<T>>) -> io::Result<T> {
