@@ -301,6 +301,85 @@ fn sigterm_lets_a_message_in_data_finish_and_exits_0() {
     );
 }
 
+#[test]
+fn a_failed_auth_is_answered_after_the_delay_and_pipelined_input_waits() {
+    let mut server = Server::start("smol", "auth_failure_delay = \"500ms\"\n");
+    let plain = TcpStream::connect(server.address("submissions")).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = server.tls_client(plain);
+    assert_eq!(read_reply(&mut tls), "220 mail.example.net ESMTP tern\r\n");
+    tls.write_all(b"HELO client.example\r\n").unwrap();
+    assert_eq!(read_reply(&mut tls), "250 mail.example.net\r\n");
+    // bob with the wrong password, and a NOOP behind it.
+    let started = Instant::now();
+    tls.write_all(b"AUTH PLAIN AGJvYgB3cm9uZw==\r\nNOOP\r\nQUIT\r\n")
+        .unwrap();
+    assert_eq!(
+        read_reply(&mut tls),
+        "535 5.7.8 Error: authentication failed\r\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert_eq!(read_to_end(&mut tls), "250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n");
+    server.stop_and_expect_exit_0();
+}
+
+#[test]
+fn connections_beyond_the_limit_get_421_and_are_closed() {
+    let mut server = Server::start("smol", "connections = 1\n");
+    let mut first = TcpStream::connect(server.address("smtp")).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        read_reply(&mut first),
+        "220 mail.example.net ESMTP tern\r\n"
+    );
+    let mut second = TcpStream::connect(server.address("smtp")).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        read_to_end(&mut second),
+        "421 4.7.0 mail.example.net Error: too many connections\r\n"
+    );
+
+    // On the implicit-TLS listener plain text would be garbage: closed without a word.
+    let plain = TcpStream::connect(server.address("submissions")).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = server.tls_client(plain);
+    assert_eq!(read_reply(&mut tls), "220 mail.example.net ESMTP tern\r\n");
+    let mut refused = TcpStream::connect(server.address("submissions")).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_to_end(&mut refused), "");
+
+    // A place freed is a place taken again.
+    first.write_all(b"QUIT\r\n").unwrap();
+    assert_eq!(read_to_end(&mut first), "221 2.0.0 Bye\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = TcpStream::connect(server.address("smtp")).unwrap();
+        again
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let reply = read_reply(&mut again);
+        if reply.starts_with("220 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the place was never freed: {reply}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    server.stop_and_expect_exit_0();
+}
+
 /// A running `tern serve` in a temporary directory.
 struct Server {
     child: Child,

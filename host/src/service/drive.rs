@@ -148,14 +148,17 @@ mod tests {
         driver.input().extend_from_slice(b"NOOP\r\nNO");
         assert_eq!(driver.step(&mut session, false, now), Step::Outputs);
         assert_eq!(sent(&mut session), "250 2.0.0 Ok\r\n");
-        let until = Some(now + config.limits.command_timeout);
+        let until = now + config.limits.command_timeout;
         // The unfinished line was consumed into the session's line reader.
         assert_eq!(
             driver.step(&mut session, false, now),
-            Step::Wait { until, read: true }
+            Step::Wait {
+                until: Some(until),
+                read: true
+            }
         );
         assert_eq!(driver.input().capacity(), 0);
-        assert_eq!(handshake_deadline(&session, &config, now), until.unwrap());
+        assert_eq!(handshake_deadline(&session, &config, now), until);
 
         let late = now + config.limits.command_timeout;
         assert_eq!(driver.step(&mut session, false, late), Step::Outputs);
