@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Holds N idle SMTP connections (default 10000) open against `tern serve`, each having read
-# its greeting, then reports the server's resident memory (VmRSS) and checks that a new
-# client is still served promptly meanwhile. Loopback only; stops by itself.
+# its greeting, then reports the server's resident memory (VmRSS), checks that a new client
+# is still served promptly meanwhile, and that SIGTERM tells every one of them 421 and the
+# server exits 0. Loopback only; stops by itself.
 #
 #   bench/idle-connections.sh [N]          RUNTIME=smol|mio|blocking (default smol)
 #   TERN=path/to/tern                      a binary to use instead of building one
@@ -79,6 +80,8 @@ if [[ -z $address ]]; then
 fi
 
 python3 - "$n" "$address" "$pid" <<'EOF'
+import os
+import signal
 import socket
 import sys
 import time
@@ -151,15 +154,22 @@ print(f"connections: {len(socks)} idle, each greeted, in {connected:.1f} s")
 print(f"server VmRSS: {before} KiB before, {after} KiB with them "
       f"({(after - before) / len(socks):.1f} KiB a connection)")
 print(f"new client served in {probe * 1000:.0f} ms while they are held")
-for sock in socks:
-    sock.close()
 if after > 200 * 1024:
     raise SystemExit("over the 200 MB target")
 if probe > 1.0:
     raise SystemExit("the new client was not served within a second")
+
+# SIGTERM with every connection open: each idle session is told 421 and closed.
+started = time.monotonic()
+os.kill(int(pid), signal.SIGTERM)
+for sock in socks:
+    reply = read_reply(sock)
+    if not reply.startswith(b"421 4.3.2 "):
+        raise SystemExit(f"at shutdown got {reply!r}")
+    sock.close()
+print(f"SIGTERM: all {len(socks)} told 421 in {time.monotonic() - started:.1f} s")
 EOF
 
-kill -TERM "$pid"
 status=0
 wait "$pid" || status=$?
 echo "tern ($runtime) exited with $status after SIGTERM"
