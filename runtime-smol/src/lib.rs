@@ -320,6 +320,7 @@ async fn unblock_work(
     .await
 }
 
+/// Gives up on `work` with `TimedOut` after `limit`.
 async fn timeout<T>(limit: Duration, work: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     work.or(async {
         Timer::after(limit).await;
@@ -328,7 +329,7 @@ async fn timeout<T>(limit: Duration, work: impl Future<Output = io::Result<T>>) 
     .await
 }
 
-/// The write end of a pipe that SIGTERM and SIGINT write to; readable once one came.
+/// The read end of a pipe that SIGTERM and SIGINT write to: readable once one came.
 fn signal_pipe() -> io::Result<Async<UnixStream>> {
     let (read, write) = UnixStream::pair()?;
     write.set_nonblocking(true)?;
