@@ -3,9 +3,7 @@
 //! Exit codes: 0 success, 1 a runtime failure (one line on stderr naming the file or
 //! address), 2 a usage or configuration error.
 //!
-//! The blocking and mio runtimes exist so far: `--runtime smol` (and `runtime = "smol"`)
-//! runs the blocking runtime and says so on stderr. `replay`, `queue` and `sendmail` are not
-//! here yet.
+//! All three runtimes exist: blocking, smol (the default) and mio.
 
 use std::io::{self, BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -135,22 +133,14 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
         return Err(usage("the configuration has no [[listener]]".to_owned()));
     }
 
-    let requested = match runtime {
+    let runtime = match runtime {
         Some(RuntimeArg::Blocking) => RuntimeKind::Blocking,
         Some(RuntimeArg::Smol) => RuntimeKind::Smol,
         Some(RuntimeArg::Mio) => RuntimeKind::Mio,
         None => config.runtime,
     };
-    let runtime = match requested {
-        RuntimeKind::Mio => RuntimeKind::Mio,
-        RuntimeKind::Blocking | RuntimeKind::Smol => RuntimeKind::Blocking,
-    };
     // Said on stdout with the listeners, so that stderr stays one line when start fails.
-    let runtime_line = if runtime == requested {
-        format!("runtime: {}", runtime.name())
-    } else {
-        format!("runtime: blocking ({} is not built yet)", requested.name())
-    };
+    let runtime_line = format!("runtime: {}", runtime.name());
 
     let mailbox_path = config.mailbox.path.clone();
     let postmaster = config
@@ -188,7 +178,8 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
     };
     match runtime {
         RuntimeKind::Mio => tern_runtime_mio::run(services, bound, ready),
-        _ => tern_runtime_blocking::run(services, bound, ready),
+        RuntimeKind::Smol => tern_runtime_smol::run(services, bound, ready),
+        RuntimeKind::Blocking => tern_runtime_blocking::run(services, bound, ready),
     }
     .map_err(|e| runtime_err(format!("cannot run: {e}")))
 }

@@ -7,7 +7,9 @@
 //! drives each session with a [`ConnectionHandler`]: every output of the session becomes an
 //! [`Action`]; a runtime does the three kinds of I/O itself (send, start TLS, close) and
 //! hands every other one, as [`Work`], to [`ConnectionHandler::work`], which does it with
-//! blocking calls and returns the [`Answer`] to feed back.
+//! blocking calls and returns the [`Answer`] to feed back. Between draining the outputs and
+//! reading again, a [`Driver`] says what comes next (a stop, the session's timer, the input
+//! read ahead).
 //!
 //! Known limits of this first version:
 //! - There is no outbound queue yet. A message with a recipient in another domain (one that
@@ -21,6 +23,7 @@
 //! - `record_sessions` is ignored.
 
 mod connection;
+mod drive;
 mod embedded;
 mod listen;
 #[cfg(test)]
@@ -42,6 +45,7 @@ use tern_core::sasl::{Mechanism, ScramSecret};
 use tern_core::server::{self, AuthMode, Peer, Session, TlsMode};
 
 pub use self::connection::{Action, Answer, ConnectionHandler, Work};
+pub use self::drive::{Driver, MAX_PENDING, Step, handshake_deadline};
 pub use self::embedded::{Embedded, embedded};
 pub use self::listen::{Bound, Socket};
 use crate::accounts::{Accounts, expand_mailbox_path};
