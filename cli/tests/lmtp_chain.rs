@@ -213,6 +213,8 @@ struct Server {
 
 impl Server {
     /// Starts tern and waits until `listener` is listening.
+    // The child is waited for by `stop` or by `Drop`, which clippy does not follow.
+    #[allow(clippy::zombie_processes)]
     fn start(config: &Path, listener: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["serve", "--runtime", "blocking", "--config"])
