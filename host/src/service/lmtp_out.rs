@@ -21,10 +21,14 @@
 //! `status=deferred` or `status=bounced` with the server's reply. They are neither retried
 //! nor returned to the sender as a DSN.
 //!
+//! Each message gets its own connection (no connection cache), without TLS, with the reply
+//! timeouts of RFC 5321 section 4.5.3.2 that [`client::Timeouts`] has by default.
+//!
 //! The recipients are checked against tern's own accounts at RCPT time, as with Maildir
 //! delivery, not against the LMTP server, so a recipient the server does not know is
 //! accepted at RCPT and refused after the data.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -169,32 +173,7 @@ pub(super) fn deliver(
         );
     }
 
-    job.envelope
-        .recipients
-        .iter()
-        .map(|recipient| {
-            if job.mode == Mode::Smtp {
-                return if any_sent {
-                    RcptOutcome::Delivered
-                } else {
-                    RcptOutcome::TempFailure
-                };
-            }
-            let rcpt = recipient.address.to_string();
-            let outcomes = finals
-                .iter()
-                .zip(&results)
-                .filter(|((address, _), _)| {
-                    job.destinations.iter().any(|(r, d)| {
-                        *r == rcpt
-                            && matches!(d, Destination::Local { address: a, .. }
-                                if a.eq_ignore_ascii_case(address))
-                    })
-                })
-                .map(|(_, result)| result.outcome);
-            worst(outcomes)
-        })
-        .collect()
+    answers(job, &finals, &results, any_sent)
 }
 
 /// Why the message could not be handed on, for every recipient alike.
@@ -258,6 +237,42 @@ impl Fate {
     }
 }
 
+/// One outcome per envelope recipient. On SMTP every recipient gets the message's one
+/// answer; on LMTP each gets the worst of its copies' results.
+fn answers(
+    job: &Handoff<'_>,
+    finals: &[(String, String)],
+    results: &[Fate],
+    any_sent: bool,
+) -> Vec<RcptOutcome> {
+    job.envelope
+        .recipients
+        .iter()
+        .map(|recipient| {
+            if job.mode == Mode::Smtp {
+                return if any_sent {
+                    RcptOutcome::Delivered
+                } else {
+                    RcptOutcome::TempFailure
+                };
+            }
+            let rcpt = recipient.address.to_string();
+            let outcomes = finals
+                .iter()
+                .zip(results)
+                .filter(|((address, _), _)| {
+                    job.destinations.iter().any(|(r, d)| {
+                        *r == rcpt
+                            && matches!(d, Destination::Local { address: a, .. }
+                                if a.eq_ignore_ascii_case(address))
+                    })
+                })
+                .map(|(_, result)| result.outcome);
+            worst(outcomes)
+        })
+        .collect()
+}
+
 /// The distinct final addresses (compared without case), each with the envelope recipient
 /// it first came from, in envelope order.
 fn final_addresses(destinations: &[(String, Destination)]) -> Vec<(String, String)> {
@@ -308,11 +323,11 @@ fn send(
     let mut message = Some(message);
     let mut report = None;
     let mut error: Option<String> = None;
-    let mut queued = Vec::new();
+    let mut queued = VecDeque::new();
     let mut pending = Vec::new();
     let mut buf = vec![0; 16 * 1024];
     loop {
-        while let Some(output) = pop(&mut queued).or_else(|| session.poll_output()) {
+        while let Some(output) = queued.pop_front().or_else(|| session.poll_output()) {
             let now = Instant::now();
             match output {
                 Output::Send(bytes) => {
@@ -392,10 +407,6 @@ fn send(
     }
 }
 
-fn pop(queued: &mut Vec<Output>) -> Option<Output> {
-    (!queued.is_empty()).then(|| queued.remove(0))
-}
-
 /// Feeds the header and the spooled text to the session and writes what it makes of them.
 /// Outputs other than bytes to send are kept in `queued` for the main loop. A local read
 /// error abandons the message (every recipient fails temporarily) and is returned.
@@ -404,7 +415,7 @@ fn stream_text(
     stream: &mut Stream,
     header: &[u8],
     text: &mut File,
-    queued: &mut Vec<Output>,
+    queued: &mut VecDeque<Output>,
 ) -> Result<(), String> {
     session.handle_message_text(Instant::now(), header);
     let mut piece = vec![0; TEXT_PIECE];
@@ -432,7 +443,7 @@ fn stream_text(
 }
 
 /// Writes every pending send; a failed write ends the session.
-fn flush(session: &mut Session, stream: &mut Stream, queued: &mut Vec<Output>) {
+fn flush(session: &mut Session, stream: &mut Stream, queued: &mut VecDeque<Output>) {
     while let Some(output) = session.poll_output() {
         match output {
             Output::Send(bytes) => {
@@ -440,7 +451,7 @@ fn flush(session: &mut Session, stream: &mut Stream, queued: &mut Vec<Output>) {
                     session.handle_eof(Instant::now());
                 }
             }
-            other => queued.push(other),
+            other => queued.push_back(other),
         }
     }
 }

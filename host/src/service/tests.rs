@@ -533,6 +533,21 @@ fn lmtp_in_front_of_lmtp_answers_per_recipient() {
     assert!(finals[2].starts_with("451 4.3.0 "), "{sent}");
 }
 
+#[test]
+fn a_server_that_hangs_up_after_the_data_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("down.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    let server = FakeLmtp::start(&socket, &[], &[("bob@example.net", "CLOSE")]);
+    let sent = converse(&services, 0, None, &submit(&["bob@example.net"]));
+    server.finish();
+    assert!(sent.contains("451 4.3.0"), "{sent}");
+    assert!(!sent.contains("queued as"), "{sent}");
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(log.contains("dsn=4.4.2, status=deferred (lmtp["), "{log}");
+    assert!(log.contains("lost connection at end of data)"), "{log}");
+}
+
 /// `[delivery] local` to the LMTP socket at `path`, for `site`'s extra text.
 fn lmtp_delivery(path: &Path) -> String {
     format!("\n[delivery]\nlocal = \"lmtp:unix:{}\"\n", path.display())
@@ -552,7 +567,8 @@ fn submit(rcpts: &[&str]) -> Vec<u8> {
 
 /// A scripted LMTP server on a Unix socket for one connection, with PIPELINING: it answers
 /// RCPT with the reply `at_rcpt` gives for the address (else 250), and after the text each
-/// accepted recipient with what `after_data` gives (else 250).
+/// accepted recipient with what `after_data` gives (else 250); `CLOSE` there hangs up
+/// instead of answering.
 struct FakeLmtp {
     thread: std::thread::JoinHandle<String>,
 }
@@ -584,7 +600,7 @@ impl FakeLmtp {
                     .map_or_else(|| format!("250 2.1.5 {rcpt} ok"), |(_, r)| r.clone())
             };
             let mut seen = String::new();
-            let mut accepted = Vec::new();
+            let mut accepted: Vec<String> = Vec::new();
             let mut in_data = false;
             out.write_all(b"220 fake LMTP\r\n").unwrap();
             let mut line = String::new();
@@ -593,6 +609,12 @@ impl FakeLmtp {
                 let answer = if in_data {
                     if line == ".\r\n" {
                         in_data = false;
+                        if accepted
+                            .iter()
+                            .any(|rcpt| reply(rcpt, &after_data) == "CLOSE")
+                        {
+                            break;
+                        }
                         let finals: Vec<String> = accepted
                             .drain(..)
                             .map(|rcpt: String| reply(&rcpt, &after_data) + "\r\n")
