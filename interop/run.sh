@@ -338,15 +338,15 @@ import sys
 with open(sys.argv[1], "w") as f:
     for i in range(40000):
         f.write(("." if i % 7 == 0 else "") + "%06d " % i + "x" * 70 + "\n")
-    f.write(sys.argv[2] + " B9 end\n")
+    f.write(sys.argv[2] + " big end\n")
 EOF2
     check "B8 a 3 MB message with dotted lines goes through tern to Dovecot" \
-        swaks_to 127.0.0.1 "$SMTP2" bob@dove.test B9 --body "@$W/big.txt"
+        swaks_to 127.0.0.1 "$SMTP2" bob@dove.test big --body "@$W/big.txt"
     check "B9 Dovecot has it whole: every line, dots unstuffed, the last line" python3 - "$W/big.txt" "$DV/dovecot.conf" <<'EOF2'
 import subprocess, sys
 want = open(sys.argv[1]).read()
 out = subprocess.run(["doveadm", "-c", sys.argv[2], "fetch", "-u", "bob", "body",
-                      "mailbox", "INBOX", "header", "Subject", "B9"],
+                      "mailbox", "INBOX", "header", "Subject", "big"],
                      check=True, capture_output=True).stdout.decode()
 assert want in out.replace("\r\n", "\n"), len(out)
 EOF2

@@ -91,12 +91,17 @@ pub(super) fn deliver(
         })
         .collect::<Result<Vec<_>, _>>();
 
-    // The server's report, or why there is none: one reason for every recipient.
+    // The server's report, or why there is none: one reason for every recipient, with the
+    // DSN code of a local problem (4.3.0) or of a server that could not be reached (4.4.1).
     let result = match recipients {
-        Err(e) => Err((None, format!("cannot write a recipient address: {e}"))),
+        Err(e) => Err((
+            None,
+            format!("cannot write a recipient address: {e}"),
+            "4.3.0",
+        )),
         Ok(recipients) => spool
             .reader()
-            .map_err(|e| (None, e.to_string()))
+            .map_err(|e| (None, e.to_string(), "4.3.0"))
             .and_then(|mut text| {
                 let info = ReceivedInfo {
                     recipient: match job.envelope.recipients.as_slice() {
@@ -122,7 +127,7 @@ pub(super) fn deliver(
                     header.as_bytes(),
                     &mut text,
                 )
-                .map_err(|failure| (failure.relay, failure.reason))
+                .map_err(|failure| (failure.relay, failure.reason, "4.4.1"))
             }),
     };
     drop(spool);
@@ -133,11 +138,11 @@ pub(super) fn deliver(
             .iter()
             .map(|r| Fate::from_verdict(relay, &r.verdict))
             .collect(),
-        Err((relay, reason)) => finals
+        Err((relay, reason, dsn)) => finals
             .iter()
             .map(|_| Fate {
                 outcome: RcptOutcome::TempFailure,
-                dsn: "4.4.1".to_owned(),
+                dsn: (*dsn).to_owned(),
                 text: reason.clone(),
                 relay: relay.clone(),
             })
