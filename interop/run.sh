@@ -6,7 +6,8 @@
 #   TERN_BIN=target/release/tern interop/run.sh
 #
 # Scenarios:
-#   A. Postfix (virtual_transport = lmtp:unix:<tern's socket>) hands mail to tern.
+#   A. Postfix (virtual_transport = lmtp:unix:<tern's socket>) hands mail to tern; also
+#      Postfix -> tern's LMTP listener -> Dovecot.
 #   B. tern (delivery.local = "lmtp:unix:<dovecot's socket>") hands mail to Dovecot.
 #   C. The Maildir tern wrote, read by doveadm, s-nail and Python's mailbox.Maildir.
 #
@@ -216,6 +217,7 @@ address = "127.0.0.1:$SMTP2"
 name = "lmtp"
 protocol = "lmtp"
 path = "$T2/lmtp.sock"
+mode = "0666"
 EOF
 start_tern "$T2" || { cat "$T2/stderr"; say "tern2 did not start"; exit 2; }
 
@@ -223,7 +225,9 @@ start_tern "$T2" || { cat "$T2/stderr"; say "tern2 did not start"; exit 2; }
 mkdir -p "$PF/etc" "$PF/queue" "$PF/data"
 chown postfix "$PF/data"
 cp /etc/postfix/master.cf "$PF/etc/master.cf"
-printf 'bob@tern.test ok\ncarol@tern.test ok\n' >"$PF/etc/vmailbox"
+printf 'bob@tern.test ok\ncarol@tern.test ok\nbob@dove.test ok\n' >"$PF/etc/vmailbox"
+# dove.test goes through tern2's LMTP listener on to Dovecot: Postfix -> tern -> Dovecot.
+printf 'dove.test lmtp:unix:%s\n' "$T2/lmtp.sock" >"$PF/etc/transport"
 cat >"$PF/etc/main.cf" <<EOF
 compatibility_level = 3.6
 queue_directory = $PF/queue
@@ -243,7 +247,8 @@ biff = no
 local_transport = error:local delivery is disabled
 default_transport = error:no outbound mail
 relay_transport = error:no outbound mail
-virtual_mailbox_domains = tern.test
+virtual_mailbox_domains = tern.test, dove.test
+transport_maps = texthash:$PF/etc/transport
 virtual_mailbox_maps = texthash:$PF/etc/vmailbox
 virtual_transport = lmtp:unix:$T1/lmtp.sock
 EOF
@@ -297,6 +302,17 @@ if [ -n "$PF_STARTED" ]; then
         wait_for 30 grep -qE "to=<carol@tern.test>, relay=.*status=bounced .*550 5.1.1" "$PF/maillog"
     check "A7 the bounce reaches the sender (bob) in tern's Maildir" \
         wait_for 30 grep -rqsl "Undelivered Mail Returned to Sender" "$T1/mail/bob/Maildir/new"
+    if [ -n "$DV_STARTED" ]; then
+        check "A8 Postfix -> tern's LMTP -> Dovecot: swaks to Postfix for bob@dove.test" \
+            swaks_to 127.0.0.1 "$PFPORT" bob@dove.test A8
+        check "A9 Postfix logs status=sent to tern2's LMTP socket" \
+            wait_for 30 grep -qE "to=<bob@dove.test>, relay=.*tern2/lmtp.sock.*status=sent" "$PF/maillog"
+        check "A10 the message is in Dovecot's mailbox, with Postfix's and tern's Received" sh -c \
+            "doveadm -c '$DV/dovecot.conf' fetch -u bob hdr mailbox INBOX header Subject A8 |
+             grep -q 'by tern2.test (tern) with LMTP' &&
+             doveadm -c '$DV/dovecot.conf' fetch -u bob hdr mailbox INBOX header Subject A8 |
+             grep -q 'by postfix.test (Postfix) with ESMTP'"
+    fi
 else
     fail "A  Postfix is not running" "$(tail -5 "$PF/maillog" 2>/dev/null)"
 fi

@@ -548,6 +548,41 @@ fn a_server_that_hangs_up_after_the_data_loses_nothing() {
     assert!(log.contains("lost connection at end of data)"), "{log}");
 }
 
+#[test]
+fn recipients_that_alias_to_one_account_are_sent_once_and_share_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("down.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    let server = FakeLmtp::start(&socket, &[], &[("bob@example.net", "452 4.2.2 full")]);
+    let script = "LHLO up.example\r\nMAIL FROM:<alice@example.org>\r\n\
+        RCPT TO:<postmaster@example.net>\r\nRCPT TO:<bob@example.net>\r\n\
+        DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let sent = converse(&services, 1, None, script.as_bytes());
+    let seen = server.finish();
+    assert_eq!(seen.matches("RCPT TO:").count(), 1, "{seen}");
+    assert!(seen.contains("RCPT TO:<bob@example.net>"), "{seen}");
+    let after_data: Vec<&str> = sent
+        .split("\r\n")
+        .skip_while(|line| !line.starts_with("354"))
+        .skip(1)
+        .take(2)
+        .collect();
+    assert_eq!(after_data.len(), 2, "{sent}");
+    assert!(
+        after_data.iter().all(|l| l.starts_with("451 4.3.0 ")),
+        "{sent}"
+    );
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("to=<bob@example.net>, orig_to=<postmaster@example.net>, relay=lmtp["),
+        "{log}"
+    );
+    assert!(
+        log.contains("dsn=4.2.2, status=deferred (host lmtp["),
+        "{log}"
+    );
+}
+
 /// `[delivery] local` to the LMTP socket at `path`, for `site`'s extra text.
 fn lmtp_delivery(path: &Path) -> String {
     format!("\n[delivery]\nlocal = \"lmtp:unix:{}\"\n", path.display())
