@@ -18,14 +18,18 @@
 //!   `status=deferred (outbound delivery not implemented)`.
 //! - `reject_unknown_recipient_domain` resolves `domain:25` with the system resolver (A and
 //!   AAAA records); MX records are not consulted yet.
-//! - `delivery.local = "lmtp:..."`, `accounts.dovecot_auth` and `accounts.dovecot_userdb`
-//!   are refused at start, and `dovecot-auth` listeners are not started.
+//! - `accounts.dovecot_auth` and `accounts.dovecot_userdb` are refused at start, and
+//!   `dovecot-auth` listeners are not started.
+//! - With `delivery.local = "lmtp:..."` (see `lmtp_out`), recipients that the LMTP server
+//!   refuses while it takes others are only logged on an SMTP listener: neither retried nor
+//!   bounced, as long as there is no queue.
 //! - `record_sessions` is ignored.
 
 mod connection;
 mod drive;
 mod embedded;
 mod listen;
+mod lmtp_out;
 #[cfg(test)]
 mod tests;
 
@@ -49,7 +53,7 @@ pub use self::drive::{Driver, MAX_PENDING, Step, handshake_deadline};
 pub use self::embedded::{Embedded, embedded};
 pub use self::listen::{Bound, Socket};
 use crate::accounts::{Accounts, expand_mailbox_path};
-use crate::config::{self, Config, ListenerAuth, ListenerTls, LocalDelivery, LogTarget, Protocol};
+use crate::config::{self, Config, ListenerAuth, ListenerTls, LogTarget, Protocol};
 use crate::log::{MailLog, QueueIds, client_name};
 use crate::maildir::{Maildirs, clean_spool};
 
@@ -422,11 +426,6 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
 /// A feature the configuration asks for that this version cannot do: better to refuse to
 /// start than to run without it.
 fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    if let LocalDelivery::Lmtp(_) = config.delivery.local {
-        return Err(StartError(
-            "delivery.local = \"lmtp:...\" is not implemented yet; use \"maildir\"".into(),
-        ));
-    }
     if config.accounts.file.is_none() {
         return Err(StartError(
             "[accounts] file is needed: it is the only account source so far".into(),

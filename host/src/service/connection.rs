@@ -15,8 +15,9 @@ use tern_core::server::{
     AuthVerdict, DeliveryReport, Envelope, Lookup, Output, Peer, RcptOutcome, Session,
 };
 
-use super::{Admission, Services};
+use super::{Admission, Services, lmtp_out};
 use crate::accounts::{self, expand_mailbox_path};
+use crate::config::LocalDelivery;
 use crate::headers::{self, ReceivedInfo};
 use crate::log::client_name;
 use crate::maildir::{Copy, DeliveryError, Spool};
@@ -385,6 +386,21 @@ impl ConnectionHandler {
             queue_id: id.clone(),
             recipient: None,
         };
+        if let LocalDelivery::Lmtp(target) = &services.config.delivery.local {
+            let job = lmtp_out::Handoff {
+                id: &id,
+                envelope,
+                destinations: &destinations,
+                info,
+                size,
+                started,
+                mode: self.mode(),
+            };
+            return DeliveryReport {
+                queue_id: id.clone(),
+                recipients: lmtp_out::deliver(&services, target, &job, spool),
+            };
+        }
         let copies = match build_copies(&services, &sender, &info, &destinations, SystemTime::now())
         {
             Ok(copies) => copies,
@@ -422,14 +438,20 @@ impl ConnectionHandler {
         }
     }
 
+    /// The protocol of this connection's listener.
+    fn mode(&self) -> Mode {
+        self.services.sessions[self.admission.listener]
+            .as_ref()
+            .map_or(Mode::Smtp, |config| config.mode)
+    }
+
     /// Logs as `smtpd`, or as `lmtp` on an LMTP listener.
     fn log(&self, text: &str) {
-        let lmtp = self.services.sessions[self.admission.listener]
-            .as_ref()
-            .is_some_and(|config| config.mode == Mode::Lmtp);
-        self.services
-            .log
-            .write(if lmtp { "lmtp" } else { "smtpd" }, text);
+        let service = match self.mode() {
+            Mode::Lmtp => "lmtp",
+            Mode::Smtp => "smtpd",
+        };
+        self.services.log.write(service, text);
     }
 }
 
