@@ -3,9 +3,7 @@
 //! Exit codes: 0 success, 1 a runtime failure (one line on stderr naming the file or
 //! address), 2 a usage or configuration error.
 //!
-//! Only the blocking runtime exists so far: `--runtime smol` and `--runtime mio` (and the
-//! `runtime` key) run it too, and say so on stderr. `replay`, `queue` and `sendmail` are not
-//! here yet.
+//! All three runtimes exist: blocking, smol (the default) and mio.
 
 use std::io::{self, BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -195,18 +193,14 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
         return Err(usage("the configuration has no [[listener]]".to_owned()));
     }
 
-    let requested = match runtime {
+    let runtime = match runtime {
         Some(RuntimeArg::Blocking) => RuntimeKind::Blocking,
         Some(RuntimeArg::Smol) => RuntimeKind::Smol,
         Some(RuntimeArg::Mio) => RuntimeKind::Mio,
         None => config.runtime,
     };
     // Said on stdout with the listeners, so that stderr stays one line when start fails.
-    let runtime_line = if requested == RuntimeKind::Blocking {
-        "runtime: blocking".to_owned()
-    } else {
-        format!("runtime: blocking ({} is not built yet)", requested.name())
-    };
+    let runtime_line = format!("runtime: {}", runtime.name());
 
     let mailbox_path = config.mailbox.path.clone();
     let postmaster = config
@@ -244,8 +238,12 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
             None => println!("mail: {mailbox_path}"),
         }
     };
-    tern_runtime_blocking::run(services, bound, ready)
-        .map_err(|e| runtime_err(format!("cannot run: {e}")))
+    match runtime {
+        RuntimeKind::Mio => tern_runtime_mio::run(services, bound, ready),
+        RuntimeKind::Smol => tern_runtime_smol::run(services, bound, ready),
+        RuntimeKind::Blocking => tern_runtime_blocking::run(services, bound, ready),
+    }
+    .map_err(|e| runtime_err(format!("cannot run: {e}")))
 }
 
 fn check_config(path: Option<&Path>) -> Result<(), Failure> {

@@ -134,6 +134,16 @@ impl Spool {
         fs::hard_link(&self.path, to).map_err(|e| with_path(e, "cannot link into", to))
     }
 
+    /// Finishes writing and returns the stored text (LF line ends), for reading from its
+    /// start: what is handed to another LMTP server instead of a Maildir.
+    pub fn reader(&mut self) -> io::Result<File> {
+        self.finish()
+            .map_err(|e| with_path(e, "cannot write spool file", &self.path))?;
+        let mut file = self.out.get_ref().try_clone()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file)
+    }
+
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.len += bytes.len() as u64;

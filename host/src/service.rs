@@ -7,7 +7,9 @@
 //! drives each session with a [`ConnectionHandler`]: every output of the session becomes an
 //! [`Action`]; a runtime does the three kinds of I/O itself (send, start TLS, close) and
 //! hands every other one, as [`Work`], to [`ConnectionHandler::work`], which does it with
-//! blocking calls and returns the [`Answer`] to feed back.
+//! blocking calls and returns the [`Answer`] to feed back. Between draining the outputs and
+//! reading again, a [`Driver`] says what comes next (a stop, the session's timer, the input
+//! read ahead).
 //!
 //! Known limits of this first version:
 //! - A message with a recipient in another domain (one that the restrictions permitted, or
@@ -15,13 +17,18 @@
 //!   the 250; the queue's delivery thread runs once [`crate::queue::start`] is called.
 //! - `reject_unknown_recipient_domain` resolves `domain:25` with the system resolver (A and
 //!   AAAA records); MX records are not consulted yet.
-//! - `delivery.local = "lmtp:..."`, `accounts.dovecot_auth` and `accounts.dovecot_userdb`
-//!   are refused at start, and `dovecot-auth` listeners are not started.
+//! - `accounts.dovecot_auth` and `accounts.dovecot_userdb` are refused at start, and
+//!   `dovecot-auth` listeners are not started.
+//! - With `delivery.local = "lmtp:..."` (see `lmtp_out`), recipients that the LMTP server
+//!   refuses while it takes others are only logged on an SMTP listener: neither retried nor
+//!   bounced, as long as there is no queue.
 //! - `record_sessions` is ignored.
 
 mod connection;
+mod drive;
 mod embedded;
 mod listen;
+mod lmtp_out;
 mod submit;
 #[cfg(test)]
 mod tests;
@@ -42,11 +49,12 @@ use tern_core::sasl::{Mechanism, ScramSecret};
 use tern_core::server::{self, AuthMode, Peer, Session, TlsMode};
 
 pub use self::connection::{Action, Answer, ConnectionHandler, Work};
+pub use self::drive::{Driver, MAX_PENDING, Step, handshake_deadline};
 pub use self::embedded::{Embedded, embedded};
 pub use self::listen::{Bound, Socket};
 pub use self::submit::Submission;
 use crate::accounts::{Accounts, expand_mailbox_path};
-use crate::config::{self, Config, ListenerAuth, ListenerTls, LocalDelivery, LogTarget, Protocol};
+use crate::config::{self, Config, ListenerAuth, ListenerTls, LogTarget, Protocol};
 use crate::log::{MailLog, QueueIds, client_name};
 use crate::maildir::{Maildirs, clean_spool};
 use crate::queue::Queue;
@@ -426,11 +434,6 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
 /// A feature the configuration asks for that this version cannot do: better to refuse to
 /// start than to run without it.
 fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    if let LocalDelivery::Lmtp(_) = config.delivery.local {
-        return Err(StartError(
-            "delivery.local = \"lmtp:...\" is not implemented yet; use \"maildir\"".into(),
-        ));
-    }
     if config.accounts.file.is_none() {
         return Err(StartError(
             "[accounts] file is needed: it is the only account source so far".into(),

@@ -17,16 +17,15 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use tern_core::server::{Peer, Session, TlsMode};
-use tern_host::service::{Action, Bound, ConnectionHandler, SHUTDOWN_GRACE, Services, Socket};
+use tern_host::service::{
+    Action, Bound, ConnectionHandler, Driver, SHUTDOWN_GRACE, Services, Socket, Step,
+    handshake_deadline,
+};
 use tern_host::tls::connection_info;
 
 /// The longest a connection thread blocks in a read before it looks at the stop flag and
 /// the session's timer again.
 pub const POLL: Duration = Duration::from_millis(200);
-
-/// Input read ahead of a session that is not consuming (it waits out an AUTH failure
-/// delay) is capped here; reading stops until it drains.
-const MAX_PENDING: usize = 64 * 1024;
 
 /// Serves every bound listener until SIGTERM or SIGINT, then shuts down gracefully.
 /// `ready` is called once the signal handlers are installed and the acceptors run.
@@ -148,7 +147,7 @@ fn serve(
     let mut conn = Conn::Plain(stream);
 
     if config.tls == TlsMode::Implicit {
-        let deadline = Instant::now() + config.limits.command_timeout;
+        let deadline = handshake_deadline(session, &config, Instant::now());
         let (Some(tls), Conn::Plain(plain)) = (services.tls(), conn) else {
             return;
         };
@@ -160,9 +159,8 @@ fn serve(
         conn = Conn::Tls(Box::new(stream));
     }
 
-    let mut pending = Vec::new();
+    let mut driver = Driver::new();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut stopping: Option<Instant> = None;
     loop {
         while let Some(output) = session.poll_output() {
             match Action::from(output) {
@@ -172,11 +170,8 @@ fn serve(
                     }
                 }
                 Action::StartTls => {
-                    // Nothing pipelined behind STARTTLS may survive into the TLS session.
-                    pending.clear();
-                    let deadline = session
-                        .poll_timeout()
-                        .unwrap_or_else(|| Instant::now() + config.limits.command_timeout);
+                    driver.discard_input();
+                    let deadline = handshake_deadline(session, &config, Instant::now());
                     if conn.flush().is_err() {
                         return;
                     }
@@ -208,37 +203,15 @@ fn serve(
         }
 
         let now = Instant::now();
-        if stop.load(Ordering::Relaxed) {
-            match stopping {
-                None => {
-                    stopping = Some(now);
-                    session.shutdown(now);
-                    continue;
-                }
-                Some(since) if now.duration_since(since) >= SHUTDOWN_GRACE => return,
-                Some(_) => {}
-            }
-        }
-        if session
-            .poll_timeout()
-            .is_some_and(|deadline| now >= deadline)
-        {
-            session.handle_timeout(now);
-            continue;
-        }
-        if !pending.is_empty() {
-            let used = session.receive(now, &pending);
-            pending.drain(..used);
-            if used > 0 {
-                continue;
-            }
-        }
-
-        let wait = session
-            .poll_timeout()
+        let (until, read) = match driver.step(session, stop.load(Ordering::Relaxed), now) {
+            Step::Outputs => continue,
+            Step::End => return,
+            Step::Wait { until, read } => (until, read),
+        };
+        let wait = until
             .map_or(POLL, |deadline| deadline.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), POLL);
-        if pending.len() >= MAX_PENDING {
+        if !read {
             thread::sleep(wait);
             continue;
         }
@@ -247,7 +220,7 @@ fn serve(
         }
         match conn.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Ok(n) => driver.input().extend_from_slice(&buf[..n]),
             Err(e) if is_wait(&e) => {}
             Err(_) => return,
         }

@@ -15,8 +15,9 @@ use tern_core::server::{
     AuthVerdict, DeliveryReport, Envelope, Lookup, Output, Peer, RcptOutcome, Session,
 };
 
-use super::{Admission, Services};
+use super::{Admission, Services, lmtp_out};
 use crate::accounts::{self, expand_mailbox_path};
+use crate::config::LocalDelivery;
 use crate::headers::{self, ReceivedInfo};
 use crate::log::client_name;
 use crate::maildir::{Copy, DeliveryError, Spool};
@@ -387,6 +388,34 @@ impl ConnectionHandler {
                 return all(RcptOutcome::TempFailure);
             }
         };
+        let has_local = destinations
+            .iter()
+            .any(|(_, d)| matches!(d, Destination::Local { .. }));
+        if let LocalDelivery::Lmtp(target) = &services.config.delivery.local
+            && has_local
+        {
+            let job = lmtp_out::Handoff {
+                id: &id,
+                envelope,
+                destinations: &destinations,
+                info,
+                size,
+                started,
+                mode: self.mode(),
+            };
+            let recipients = lmtp_out::deliver(&services, target, &job, spool);
+            // The queued part stands or falls with the answer: kept when the LMTP server
+            // took the message for someone, so the client does not send it again.
+            let taken = recipients.contains(&RcptOutcome::Delivered);
+            if taken && queued.is_some_and(|pending| pending.commit().is_err()) {
+                defer("cannot commit to the queue", "4.3.0");
+                return all(RcptOutcome::TempFailure);
+            }
+            return DeliveryReport {
+                queue_id: id.clone(),
+                recipients,
+            };
+        }
         let copies = match build_copies(&services, &sender, &info, &destinations, SystemTime::now())
         {
             Ok(copies) => copies,
@@ -428,14 +457,20 @@ impl ConnectionHandler {
         }
     }
 
+    /// The protocol of this connection's listener.
+    fn mode(&self) -> Mode {
+        self.services.sessions[self.admission.listener]
+            .as_ref()
+            .map_or(Mode::Smtp, |config| config.mode)
+    }
+
     /// Logs as `smtpd`, or as `lmtp` on an LMTP listener.
     fn log(&self, text: &str) {
-        let lmtp = self.services.sessions[self.admission.listener]
-            .as_ref()
-            .is_some_and(|config| config.mode == Mode::Lmtp);
-        self.services
-            .log
-            .write(if lmtp { "lmtp" } else { "smtpd" }, text);
+        let service = match self.mode() {
+            Mode::Lmtp => "lmtp",
+            Mode::Smtp => "smtpd",
+        };
+        self.services.log.write(service, text);
     }
 }
 

@@ -136,7 +136,7 @@ fn session_config_follows_the_listener_and_the_site() {
 fn unimplemented_features_refuse_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = site(dir.path(), "");
-    config.delivery.local = LocalDelivery::Lmtp(config::LmtpTarget::Unix("/x".into()));
+    config.accounts.dovecot_userdb = Some("/x".into());
     let error = Services::new(config).err().unwrap();
     assert!(error.0.contains("not implemented"), "{error}");
 
@@ -410,6 +410,310 @@ fn message_ids_are_found_unfolded_and_only_in_the_header() {
     );
     assert_eq!(message_id(b"\r\nMessage-ID: <body@x>\r\n"), None);
     assert_eq!(message_id(b""), None);
+}
+
+#[test]
+fn an_unreachable_lmtp_server_is_a_temporary_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    let sent = converse(&services, 0, None, &submit(&["bob@example.net"]));
+    assert!(sent.contains("451 4.3.0"), "{sent}");
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains(&format!("tern/lmtp[{}]: ", std::process::id())),
+        "{log}"
+    );
+    assert!(
+        log.contains("to=<bob@example.net>, relay=none, delay="),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "dsn=4.4.1, status=deferred (connect to lmtp[{}]: ",
+            socket.display()
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn smtp_answers_250_when_the_lmtp_server_takes_some_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("down.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    add_user(&dir.path().join("users"), "carol", "{PLAIN}x").unwrap();
+    let server = FakeLmtp::start(
+        &socket,
+        &[("carol@example.net", "550 5.1.1 no such user")],
+        &[],
+    );
+
+    let sent = converse(
+        &services,
+        0,
+        None,
+        &submit(&["bob@example.net", "carol@example.net"]),
+    );
+    assert!(sent.contains("250 2.0.0 Ok: queued as "), "{sent}");
+    let seen = server.finish();
+    assert!(seen.contains("LHLO mail.example.net\r\n"), "{seen}");
+    assert!(seen.contains("MAIL FROM:<bob@example.net>"), "{seen}");
+    assert!(seen.contains("RCPT TO:<carol@example.net>\r\n"), "{seen}");
+    // The text goes on behind tern's Received header, CRLF and dot-stuffed again.
+    assert!(
+        seen.contains("\r\n\tby mail.example.net (tern) with ESMTPA id "),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("\r\nSubject: lmtp\r\n\r\nbody\r\n..dot\r\n.\r\n"),
+        "{seen}"
+    );
+
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    let relay = format!("relay=lmtp[{}]", socket.display());
+    assert!(
+        log.contains(&format!("to=<bob@example.net>, {relay}, delay=")),
+        "{log}"
+    );
+    assert!(
+        log.contains("dsn=2.1.5, status=sent (250 2.1.5 bob@example.net ok)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("to=<carol@example.net>, {relay}, delay=")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "dsn=5.1.1, status=bounced (host lmtp[{}] said: 550 5.1.1 no such user (in reply \
+             to RCPT TO command))",
+            socket.display()
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn smtp_answers_451_when_the_lmtp_server_takes_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("down.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    add_user(&dir.path().join("users"), "carol", "{PLAIN}x").unwrap();
+    let server = FakeLmtp::start(
+        &socket,
+        &[("carol@example.net", "550 5.1.1 no such user")],
+        &[("bob@example.net", "452 4.2.2 mailbox full")],
+    );
+    let sent = converse(
+        &services,
+        0,
+        None,
+        &submit(&["bob@example.net", "carol@example.net"]),
+    );
+    assert!(sent.contains("451 4.3.0"), "{sent}");
+    assert!(!sent.contains("queued as"), "{sent}");
+    server.finish();
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("dsn=4.2.2, status=deferred (host lmtp["),
+        "{log}"
+    );
+    assert!(
+        log.contains("mailbox full (in reply to end of data command))"),
+        "{log}"
+    );
+    // Nobody took it and the client will try again: nothing is logged as bounced.
+    assert!(log.contains("dsn=5.1.1, status=deferred ("), "{log}");
+    assert!(!log.contains("status=bounced"), "{log}");
+}
+
+#[test]
+fn lmtp_in_front_of_lmtp_answers_per_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("down.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    add_user(&dir.path().join("users"), "carol", "{PLAIN}x").unwrap();
+    add_user(&dir.path().join("users"), "dave", "{PLAIN}x").unwrap();
+    let server = FakeLmtp::start(
+        &socket,
+        &[("carol@example.net", "550 5.1.1 no such user")],
+        &[("dave@example.net", "452 4.2.2 mailbox full")],
+    );
+    let script = "LHLO up.example\r\nMAIL FROM:<alice@example.org>\r\n\
+        RCPT TO:<carol@example.net>\r\nRCPT TO:<bob@example.net>\r\n\
+        RCPT TO:<dave@example.net>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let sent = converse(&services, 1, None, script.as_bytes());
+    server.finish();
+    let finals: Vec<&str> = sent
+        .split("\r\n")
+        .skip_while(|line| !line.starts_with("354"))
+        .skip(1)
+        .take(3)
+        .collect();
+    assert_eq!(finals.len(), 3, "{sent}");
+    assert!(finals[0].starts_with("550 5.1.1 "), "{sent}");
+    assert!(finals[1].starts_with("250 2.1.5 "), "{sent}");
+    assert!(finals[2].starts_with("451 4.3.0 "), "{sent}");
+}
+
+#[test]
+fn a_server_that_hangs_up_after_the_data_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("down.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    let server = FakeLmtp::start(&socket, &[], &[("bob@example.net", "CLOSE")]);
+    let sent = converse(&services, 0, None, &submit(&["bob@example.net"]));
+    server.finish();
+    assert!(sent.contains("451 4.3.0"), "{sent}");
+    assert!(!sent.contains("queued as"), "{sent}");
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(log.contains("dsn=4.4.2, status=deferred (lmtp["), "{log}");
+    assert!(log.contains("lost connection at end of data)"), "{log}");
+}
+
+#[test]
+fn recipients_that_alias_to_one_account_are_sent_once_and_share_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("down.sock");
+    let services = services(dir.path(), &lmtp_delivery(&socket));
+    let server = FakeLmtp::start(&socket, &[], &[("bob@example.net", "452 4.2.2 full")]);
+    let script = "LHLO up.example\r\nMAIL FROM:<alice@example.org>\r\n\
+        RCPT TO:<postmaster@example.net>\r\nRCPT TO:<bob@example.net>\r\n\
+        DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let sent = converse(&services, 1, None, script.as_bytes());
+    let seen = server.finish();
+    assert_eq!(seen.matches("RCPT TO:").count(), 1, "{seen}");
+    assert!(seen.contains("RCPT TO:<bob@example.net>"), "{seen}");
+    let after_data: Vec<&str> = sent
+        .split("\r\n")
+        .skip_while(|line| !line.starts_with("354"))
+        .skip(1)
+        .take(2)
+        .collect();
+    assert_eq!(after_data.len(), 2, "{sent}");
+    assert!(
+        after_data.iter().all(|l| l.starts_with("451 4.3.0 ")),
+        "{sent}"
+    );
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("to=<bob@example.net>, orig_to=<postmaster@example.net>, relay=lmtp["),
+        "{log}"
+    );
+    assert!(
+        log.contains("dsn=4.2.2, status=deferred (host lmtp["),
+        "{log}"
+    );
+}
+
+/// `[delivery] local` to the LMTP socket at `path`, for `site`'s extra text.
+fn lmtp_delivery(path: &Path) -> String {
+    format!("\n[delivery]\nlocal = \"lmtp:unix:{}\"\n", path.display())
+}
+
+/// A submission session as bob with one message to `rcpts`.
+fn submit(rcpts: &[&str]) -> Vec<u8> {
+    let mut script = String::from(
+        "EHLO client.example\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nMAIL FROM:<bob@example.net>\r\n",
+    );
+    for rcpt in rcpts {
+        script.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+    }
+    script.push_str("DATA\r\nSubject: lmtp\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT\r\n");
+    script.into_bytes()
+}
+
+/// A scripted LMTP server on a Unix socket for one connection, with PIPELINING: it answers
+/// RCPT with the reply `at_rcpt` gives for the address (else 250), and after the text each
+/// accepted recipient with what `after_data` gives (else 250); `CLOSE` there hangs up
+/// instead of answering.
+struct FakeLmtp {
+    thread: std::thread::JoinHandle<String>,
+}
+
+impl FakeLmtp {
+    fn start(path: &Path, at_rcpt: &[(&str, &str)], after_data: &[(&str, &str)]) -> FakeLmtp {
+        use std::io::{BufRead, BufReader, Write};
+
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let at_rcpt: Vec<(String, String)> = at_rcpt
+            .iter()
+            .map(|(a, r)| (a.to_string(), r.to_string()))
+            .collect();
+        let after_data: Vec<(String, String)> = after_data
+            .iter()
+            .map(|(a, r)| (a.to_string(), r.to_string()))
+            .collect();
+        let thread = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut out = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let reply = |rcpt: &str, table: &[(String, String)]| {
+                table
+                    .iter()
+                    .find(|(a, _)| a == rcpt)
+                    .map_or_else(|| format!("250 2.1.5 {rcpt} ok"), |(_, r)| r.clone())
+            };
+            let mut seen = String::new();
+            let mut accepted: Vec<String> = Vec::new();
+            let mut in_data = false;
+            out.write_all(b"220 fake LMTP\r\n").unwrap();
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                seen.push_str(&line);
+                let answer = if in_data {
+                    if line == ".\r\n" {
+                        in_data = false;
+                        if accepted
+                            .iter()
+                            .any(|rcpt| reply(rcpt, &after_data) == "CLOSE")
+                        {
+                            break;
+                        }
+                        let finals: Vec<String> = accepted
+                            .drain(..)
+                            .map(|rcpt: String| reply(&rcpt, &after_data) + "\r\n")
+                            .collect();
+                        finals.concat()
+                    } else {
+                        String::new()
+                    }
+                } else if line.starts_with("LHLO") {
+                    "250-fake\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+                } else if line.starts_with("MAIL") {
+                    "250 2.1.0 ok\r\n".into()
+                } else if let Some(rest) = line.strip_prefix("RCPT TO:<") {
+                    let rcpt = rest.split('>').next().unwrap().to_owned();
+                    let answer = reply(&rcpt, &at_rcpt);
+                    if answer.starts_with('2') {
+                        accepted.push(rcpt);
+                    }
+                    answer + "\r\n"
+                } else if line.starts_with("DATA") {
+                    in_data = true;
+                    "354 go on\r\n".into()
+                } else if line.starts_with("QUIT") {
+                    out.write_all(b"221 bye\r\n").unwrap();
+                    break;
+                } else {
+                    "500 what\r\n".into()
+                };
+                out.write_all(answer.as_bytes()).unwrap();
+                line.clear();
+            }
+            seen
+        });
+        FakeLmtp { thread }
+    }
+
+    /// Waits for the connection to end; returns everything the client sent.
+    fn finish(self) -> String {
+        self.thread.join().unwrap()
+    }
 }
 
 /// Runs `input` through a session of listener `index` with its handler, the way a runtime
