@@ -8,12 +8,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message as DnsMessage, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, MX};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use common::{Client, Fixture, Server, read_files, tern_bin, wait_files};
 
@@ -40,7 +44,11 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Receiver::start_on("127.0.0.1:0")
+    }
+
+    fn start_on(address: &str) -> Receiver {
+        let listener = TcpListener::bind(address).unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let stall = Arc::new(AtomicBool::new(false));
@@ -491,4 +499,122 @@ fn tern(fx: &Fixture, args: &[&str], input: &[u8]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A DNS server on loopback (UDP) that knows a few test names: MX records whose hosts are
+/// 127.0.0.x addresses, a domain without MX, and names that do not exist.
+fn dns_server(records: BTreeMap<(String, RecordType), Vec<RData>>) -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            let Ok(query) = DnsMessage::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut answer = DnsMessage::new();
+            answer
+                .set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(query.op_code())
+                .set_recursion_desired(query.recursion_desired())
+                .set_recursion_available(true)
+                .set_authoritative(true);
+            for q in query.queries() {
+                answer.add_query(q.clone());
+                let name = q.name().to_ascii().to_ascii_lowercase();
+                let known = records.keys().any(|(n, _)| *n == name);
+                if !known {
+                    answer.set_response_code(ResponseCode::NXDomain);
+                    continue;
+                }
+                for rdata in records.get(&(name, q.query_type())).into_iter().flatten() {
+                    answer.add_answer(Record::from_rdata(q.name().clone(), 60, rdata.clone()));
+                }
+            }
+            let _ = socket.send_to(&answer.to_vec().unwrap(), peer);
+        }
+    });
+    port
+}
+
+#[test]
+fn mx_delivery_in_preference_order_with_a_fallback() {
+    // Port 25 (forced for MX delivery) on 127.0.0.4 and 127.0.0.5, which needs root;
+    // 127.0.0.3 has nothing listening, so the preferred MX host fails.
+    let mx2 = Receiver::start_on("127.0.0.4:25");
+    let implicit = Receiver::start_on("127.0.0.5:25");
+
+    let name = |n: &str| Name::from_ascii(n).unwrap();
+    let a = |ip: &str| RData::A(A(ip.parse::<Ipv4Addr>().unwrap()));
+    let mut records = BTreeMap::new();
+    records.insert(
+        ("mx-a.test.".to_owned(), RecordType::MX),
+        vec![
+            RData::MX(MX::new(20, name("mx2.mx-a.test."))),
+            RData::MX(MX::new(10, name("mx1.mx-a.test."))),
+        ],
+    );
+    records.insert(
+        ("mx1.mx-a.test.".to_owned(), RecordType::A),
+        vec![a("127.0.0.3")],
+    );
+    records.insert(
+        ("mx2.mx-a.test.".to_owned(), RecordType::A),
+        vec![a("127.0.0.4")],
+    );
+    records.insert(
+        ("plain.test.".to_owned(), RecordType::A),
+        vec![a("127.0.0.5")],
+    );
+    let port = dns_server(records);
+
+    let fx = Fixture::new();
+    fx.edit_config(|text| {
+        text.replace(
+            "trusted_networks = []",
+            r#"trusted_networks = ["127.0.0.0/8"]"#,
+        ) + &format!("\n[delivery]\ndns_servers = [\"127.0.0.1:{port}\"]\nrelay_tls = \"may\"\n")
+    });
+    let server = serve(&fx);
+    send(&server, "alice@example.net", &["one@mx-a.test"], "mx");
+    send(
+        &server,
+        "alice@example.net",
+        &["two@plain.test"],
+        "implicit",
+    );
+    let gone = send(
+        &server,
+        "alice@example.net",
+        &["three@nowhere.test"],
+        "nxdomain",
+    );
+
+    let got = mx2.wait_for(1);
+    assert_eq!(got[0].recipients, ["one@mx-a.test"]);
+    let got = implicit.wait_for(1);
+    assert_eq!(got[0].recipients, ["two@plain.test"]);
+    let log = wait_log(&fx, &format!("{gone}: to=<three@nowhere.test>"));
+    assert!(
+        log.contains("relay=mx2.mx-a.test[127.0.0.4]:25, delay="),
+        "{log}"
+    );
+    assert!(
+        log.contains("relay=plain.test[127.0.0.5]:25, delay="),
+        "{log}"
+    );
+    assert!(
+        log.contains("dsn=5.4.4, status=bounced (Host or domain name not found"),
+        "{log}"
+    );
+    let files = wait_files(&fx.new_dir("alice"), 1);
+    assert!(
+        files[0]
+            .text()
+            .contains("Final-Recipient: rfc822; three@nowhere.test")
+    );
 }
