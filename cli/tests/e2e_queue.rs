@@ -122,7 +122,9 @@ fn serve_one(
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = angle(&line);
             let mut refused = refused_once.lock().unwrap();
-            if rcpt.starts_with("perm@") {
+            if rcpt.starts_with("busy@") {
+                "451 4.3.2 busy, come back later\r\n".into()
+            } else if rcpt.starts_with("perm@") {
                 "550 5.1.1 <perm@remote.test>: no such user here\r\n".into()
             } else if rcpt.starts_with("temp@") && !*refused {
                 *refused = true;
@@ -203,9 +205,13 @@ fn relaying_fixture(receiver: &Receiver) -> Fixture {
 
 /// `tern serve` with one-second retries.
 fn serve(fx: &Fixture) -> Server {
+    serve_retrying(fx, "1s")
+}
+
+fn serve_retrying(fx: &Fixture, retry: &str) -> Server {
     Server::start(
         Command::new(tern_bin())
-            .env("TERN_QUEUE_RETRY", "1s")
+            .env("TERN_QUEUE_RETRY", retry)
             .args(["serve", "--config"])
             .arg(&fx.config),
         fx.root(),
@@ -361,6 +367,53 @@ print('ok')
     let listing = tern(&fx, &["queue"], b"");
     assert!(listing.contains("Mail queue is empty"), "{listing}");
     assert_eq!(receiver.received().len(), 2, "nothing arrived twice");
+}
+
+#[test]
+fn flush_retries_now_and_expiry_returns_the_message() {
+    let receiver = Receiver::start();
+    let fx = relaying_fixture(&receiver);
+    fx.edit_config(|text| text.replace("queue_lifetime = \"1h\"", "queue_lifetime = \"4s\""));
+    let server = serve_retrying(&fx, "1h");
+    let id = send(&server, "alice@example.net", &["busy@remote.test"], "busy");
+    let deferred = format!("{id}: to=<busy@remote.test>");
+    wait_log(&fx, &deferred);
+
+    let listing = tern(&fx, &["queue"], b"");
+    assert!(listing.starts_with(&id), "{listing}");
+    assert!(listing.contains("alice@example.net"), "{listing}");
+    assert!(
+        listing.contains("    busy@remote.test  (451 4.3.2 busy, come back later"),
+        "{listing}"
+    );
+
+    // Without the flush the next attempt would come in an hour.
+    let flushed = tern(&fx, &["queue", "flush"], b"");
+    assert!(flushed.contains("flush requested"), "{flushed}");
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        let log = fs::read_to_string(fx.root().join("mail.log")).unwrap();
+        if log.matches(&deferred).count() >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second attempt after flush:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Past queue_lifetime the message comes back, with the last temporary status.
+    let files = wait_files(&fx.new_dir("alice"), 1);
+    let text = files[0].text();
+    assert!(text.contains("Action: failed\nStatus: 4.4.7\n"), "{text}");
+    assert!(
+        text.contains("delivery time expired: 451 4.3.2 busy"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: busy\n"), "{text}");
+    wait_log(&fx, &format!("{id}: removed"));
+    assert!(receiver.received().is_empty());
 }
 
 #[test]

@@ -104,13 +104,9 @@ pub(super) fn notify(
                     } else {
                         Action::Relayed
                     },
-                    // A temporary code that ended in a failure (expiry) is reported as
-                    // permanent: 4.x.y becomes 5.x.y only for the report class.
-                    status: if failed && status.starts_with('4') {
-                        format!("5{}", &status[1..])
-                    } else {
-                        status
-                    },
+                    // A temporary code stays as it was when the message expired (4.4.7, or
+                    // the last server's 4xx), as Postfix reports it.
+                    status,
                     remote_mta: rcpt.remote_mta.clone(),
                     diagnostic: rcpt.last_error.clone(),
                 }
