@@ -671,3 +671,152 @@ fn mx_delivery_in_preference_order_with_a_fallback() {
             .contains("Final-Recipient: rfc822; three@nowhere.test")
     );
 }
+
+/// (recipient, subject) pairs an LMTP server took.
+type Delivered = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A scripted LMTP server: after the data, `bob` is refused with 452 on the first message
+/// that names him and taken after that, but refused with 550 in a message with the subject
+/// `perm`; everyone else is taken. Returns the port and the (recipient, subject) pairs delivered.
+fn lmtp_server() -> (u16, Delivered) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let got = delivered.clone();
+    thread::spawn(move || {
+        let mut bob_refused = false;
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let mut out = stream.try_clone().unwrap();
+            let mut lines = BufReader::new(stream);
+            let _ = out.write_all(b"220 lmtp.test LMTP\r\n");
+            let mut rcpts: Vec<String> = Vec::new();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let upper = line.to_ascii_uppercase();
+                let reply = if upper.starts_with("LHLO") {
+                    "250-lmtp.test\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n".to_owned()
+                } else if upper.starts_with("MAIL") {
+                    rcpts.clear();
+                    "250 2.1.0 Ok\r\n".into()
+                } else if upper.starts_with("RCPT") {
+                    rcpts.push(angle(&line));
+                    "250 2.1.5 Ok\r\n".into()
+                } else if upper.starts_with("DATA") {
+                    let _ = out.write_all(b"354 go\r\n");
+                    let mut subject = String::new();
+                    loop {
+                        let mut data = String::new();
+                        if lines.read_line(&mut data).unwrap_or(0) == 0 || data == ".\r\n" {
+                            break;
+                        }
+                        if let Some(s) = data.strip_prefix("Subject: ") {
+                            subject = s.trim_end().to_owned();
+                        }
+                    }
+                    let mut replies = String::new();
+                    for rcpt in &rcpts {
+                        if rcpt.starts_with("bob@") && !bob_refused {
+                            bob_refused = true;
+                            replies.push_str("452 4.2.2 <bob>: mailbox full\r\n");
+                        } else if rcpt.starts_with("bob@") && subject == "perm" {
+                            replies.push_str("550 5.2.1 <bob>: mailbox disabled\r\n");
+                        } else {
+                            got.lock().unwrap().push((rcpt.clone(), subject.clone()));
+                            replies.push_str("250 2.0.0 Ok\r\n");
+                        }
+                    }
+                    replies
+                } else if upper.starts_with("QUIT") {
+                    let _ = out.write_all(b"221 2.0.0 Bye\r\n");
+                    break;
+                } else {
+                    "250 2.0.0 Ok\r\n".into()
+                };
+                if out.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (port, delivered)
+}
+
+#[test]
+fn recipients_an_lmtp_server_refuses_after_the_data_are_retried_or_returned() {
+    let receiver = Receiver::start();
+    let (lmtp, delivered) = lmtp_server();
+    let fx = Fixture::new();
+    let port = receiver.port;
+    fx.edit_config(|text| {
+        text.replace(
+            "trusted_networks = []",
+            r#"trusted_networks = ["127.0.0.0/8"]"#,
+        ) + &format!(
+            "\n[delivery]\nlocal = \"lmtp:inet:127.0.0.1:{lmtp}\"\n\
+                 relay_host = \"[127.0.0.1]:{port}\"\nrelay_tls = \"none\"\n"
+        )
+    });
+    let server = serve(&fx);
+    // bob is refused with 452 once: the client still gets 250, the queue retries him.
+    let first = send(
+        &server,
+        "someone@remote.test",
+        &["alice@example.net", "bob@example.net"],
+        "lmtp1",
+    );
+    wait_log(&fx, &format!("{first}: refused recipients queued as"));
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        let got = delivered.lock().unwrap().clone();
+        if got
+            .iter()
+            .any(|(r, s)| r == "bob@example.net" && s == "lmtp1")
+        {
+            assert_eq!(
+                got.iter().filter(|(_, s)| s == "lmtp1").count(),
+                2,
+                "{got:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never got it: {got:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // A 550 after the data comes back to the (remote) sender as a notification.
+    let second = send(
+        &server,
+        "someone@remote.test",
+        &["alice@example.net", "bob@example.net"],
+        "perm",
+    );
+    let got = receiver.wait_for(1);
+    assert_eq!(got[0].sender, "");
+    assert_eq!(got[0].recipients, ["someone@remote.test"]);
+    let text = &got[0].text;
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.2.1\r\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "Diagnostic-Code: smtp; host 127.0.0.1[127.0.0.1]:{lmtp} said: 550 5.2.1"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Subject: perm\r\n"), "{text}");
+    wait_log(&fx, &format!("{second}: refused recipients queued as"));
+    // The retry went over LMTP, logged as Postfix's lmtp does.
+    wait_log(
+        &fx,
+        &format!("to=<bob@example.net>, relay=127.0.0.1[127.0.0.1]:{lmtp}, delay="),
+    );
+    drop(server);
+}

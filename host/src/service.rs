@@ -19,9 +19,6 @@
 //!   AAAA records); MX records are not consulted yet.
 //! - `accounts.dovecot_auth` and `accounts.dovecot_userdb` are refused at start, and
 //!   `dovecot-auth` listeners are not started.
-//! - With `delivery.local = "lmtp:..."` (see `lmtp_out`), recipients that the LMTP server
-//!   refuses while it takes others are only logged on an SMTP listener: neither retried nor
-//!   bounced, as long as there is no queue.
 //! - `record_sessions` is ignored.
 
 mod connection;
@@ -52,7 +49,7 @@ pub use self::connection::{Action, Answer, ConnectionHandler, Work};
 pub use self::drive::{Driver, MAX_PENDING, Step, handshake_deadline};
 pub use self::embedded::{Embedded, embedded};
 pub use self::listen::{Bound, Socket};
-pub use self::submit::Submission;
+pub use self::submit::{Refused, Submission};
 use crate::accounts::{Accounts, expand_mailbox_path};
 use crate::config::{self, Config, ListenerAuth, ListenerTls, LogTarget, Protocol};
 use crate::log::{MailLog, QueueIds, client_name};

@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_core::address::{Mailbox, ReversePath};
 use tern_core::client::{
@@ -18,9 +19,9 @@ use tern_core::command::{Body, MailParams, RcptParams, Ret};
 use tern_core::reply::Mode;
 
 use super::route::{RouteError, Router, Target};
-use super::smtp::{CONNECT_TIMEOUT, Connection, Event};
+use super::smtp::{CONNECT_TIMEOUT, Connection, Event, Transport};
 use super::{DESTINATION_CONCURRENCY, Entry, State, bounce, maildrop, unix_now};
-use crate::config::RelayTls;
+use crate::config::{LmtpTarget, LocalDelivery, RelayTls};
 use crate::service::Services;
 
 /// The longest the scheduler sleeps: it looks for `tern queue flush` and the maildrop this
@@ -29,6 +30,9 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// The destination key of every message when a relay host is set.
 const RELAY_KEY: &str = "[relay]";
+
+/// The destination key of recipients for `delivery.local`.
+const LOCAL_KEY: &str = "[local]";
 
 /// Starts the scheduler thread for `services`' queue. It stops when the services are
 /// dropped.
@@ -159,7 +163,9 @@ fn plan(
         if rcpt.state != State::Pending {
             continue;
         }
-        let destination = if relay {
+        let destination = if rcpt.local {
+            LOCAL_KEY.to_owned()
+        } else if relay {
             RELAY_KEY.to_owned()
         } else {
             domain_of(&rcpt.address)
@@ -241,11 +247,15 @@ fn dispatch(
 
 /// Delivers a batch for one destination over as few connections as it can.
 fn work(services: &Arc<Services>, destination: &str, jobs: Vec<Job>) {
+    if destination == LOCAL_KEY {
+        work_local(services, jobs);
+        return;
+    }
     let delivery = &services.config().delivery;
     let router = match Router::new(delivery) {
         Ok(router) => router,
         Err(text) => {
-            fail_all(services, &jobs, false, "4.3.0", &text, None);
+            fail_all(services, &jobs, false, "4.3.0", &text);
             return;
         }
     };
@@ -256,7 +266,7 @@ fn work(services: &Arc<Services>, destination: &str, jobs: Vec<Job>) {
             status,
             text,
         }) => {
-            fail_all(services, &jobs, permanent, status, &text, None);
+            fail_all(services, &jobs, permanent, status, &text);
             return;
         }
     };
@@ -278,14 +288,18 @@ fn work(services: &Arc<Services>, destination: &str, jobs: Vec<Job>) {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let mut conn =
-            match Connection::new(Arc::clone(&config), tcp, Arc::clone(&tls), &target.host) {
-                Ok(conn) => conn,
-                Err(e) => {
-                    last_error = e.to_string();
-                    continue;
-                }
-            };
+        let mut conn = match Connection::new(
+            Arc::clone(&config),
+            Transport::Tcp(tcp),
+            Arc::clone(&tls),
+            &target.host,
+        ) {
+            Ok(conn) => conn,
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
         match conn.next_event() {
             Event::Ready => {}
             Event::Closed(error) => {
@@ -300,12 +314,17 @@ fn work(services: &Arc<Services>, destination: &str, jobs: Vec<Job>) {
                 continue;
             }
         }
-        send_jobs(services, &mut conn, &relay, &target, &mut jobs);
+        let via = Via {
+            service: "smtp",
+            relay: &relay,
+            host: &target.host,
+        };
+        send_jobs(services, &mut conn, &via, &mut jobs);
         conn.quit();
     }
     if !jobs.is_empty() {
         let jobs: Vec<Job> = jobs.into();
-        fail_all(services, &jobs, false, "4.4.1", &last_error, None);
+        fail_all(services, &jobs, false, "4.4.1", &last_error);
     }
 }
 
@@ -314,8 +333,7 @@ fn work(services: &Arc<Services>, destination: &str, jobs: Vec<Job>) {
 fn send_jobs(
     services: &Arc<Services>,
     conn: &mut Connection,
-    relay: &str,
-    target: &Target,
+    via: &Via<'_>,
     jobs: &mut VecDeque<Job>,
 ) {
     let queue = services.queue();
@@ -341,13 +359,13 @@ fn send_jobs(
             Ok(message) => message,
             Err(text) => {
                 let outcomes = vec![Outcome::failed(true, "5.1.3", &text); indices.len()];
-                record(services, &entry.id, &indices, &outcomes, None);
+                record(services, via.service, &entry.id, &indices, &outcomes, None);
                 continue;
             }
         };
         if let Err(text) = conn.start_message(message) {
             let outcomes = vec![Outcome::failed(true, "5.5.4", &text); indices.len()];
-            record(services, &entry.id, &indices, &outcomes, None);
+            record(services, via.service, &entry.id, &indices, &outcomes, None);
             continue;
         }
         let mut reported = false;
@@ -367,30 +385,21 @@ fn send_jobs(
                 Event::Report(report) => {
                     let remote_dsn = conn.session().extensions().dsn;
                     let outcomes = outcomes_of(&report, remote_dsn);
-                    record(
-                        services,
-                        &entry.id,
-                        &indices,
-                        &outcomes,
-                        Some((relay, target)),
-                    );
+                    let (service, id) = (via.service, &entry.id);
+                    record(services, service, id, &indices, &outcomes, Some(via));
                     reported = true;
                 }
                 Event::Ready => break,
                 Event::Closed(error) => {
                     if !reported {
+                        let relay = via.relay;
                         let text = error.map_or_else(
                             || format!("lost connection with {relay}"),
                             |e| format!("host {relay} said: {e}"),
                         );
                         let outcomes = vec![Outcome::failed(false, "4.4.2", &text); indices.len()];
-                        record(
-                            services,
-                            &entry.id,
-                            &indices,
-                            &outcomes,
-                            Some((relay, target)),
-                        );
+                        let (service, id) = (via.service, &entry.id);
+                        record(services, service, id, &indices, &outcomes, Some(via));
                     }
                     return;
                 }
@@ -399,28 +408,107 @@ fn send_jobs(
     }
 }
 
+/// Where a connection goes, as the log and the notifications name it.
+struct Via<'a> {
+    /// The log's service: `smtp` or `lmtp`.
+    service: &'a str,
+    /// Postfix's `relay=` value: `host[addr]:port`, or `lmtp[path]`.
+    relay: &'a str,
+    /// The host name for `Remote-MTA:`.
+    host: &'a str,
+}
+
+/// Retries recipients that the `delivery.local` LMTP server refused after the data.
+fn work_local(services: &Arc<Services>, jobs: Vec<Job>) {
+    let LocalDelivery::Lmtp(target) = &services.config().delivery.local else {
+        let text = "delivery.local is maildir, but these recipients wait for an LMTP server";
+        fail_all(services, &jobs, false, "4.3.5", text);
+        return;
+    };
+    let (transport, relay) = match connect_local(target) {
+        Ok(connected) => connected,
+        Err(text) => {
+            fail_all(services, &jobs, false, "4.4.1", &text);
+            return;
+        }
+    };
+    let config = Arc::new(ClientConfig::new(&services.config().hostname, Mode::Lmtp));
+    let tls = super::tls::client_config(false);
+    let host = relay.split('[').next().unwrap_or("lmtp").to_owned();
+    let mut conn = match Connection::new(config, transport, tls, &host) {
+        Ok(conn) => conn,
+        Err(e) => {
+            fail_all(services, &jobs, false, "4.3.0", &e.to_string());
+            return;
+        }
+    };
+    let mut jobs: VecDeque<Job> = jobs.into();
+    match conn.next_event() {
+        Event::Ready => {
+            let via = Via {
+                service: "lmtp",
+                relay: &relay,
+                host: &host,
+            };
+            send_jobs(services, &mut conn, &via, &mut jobs);
+            conn.quit();
+        }
+        other => {
+            let text = format!("{relay}: no greeting or LHLO: {other:?}");
+            fail_all(services, &Vec::from(jobs), false, "4.4.2", &text);
+            return;
+        }
+    }
+    if !jobs.is_empty() {
+        let text = format!("lost connection with {relay}");
+        fail_all(services, &Vec::from(jobs), false, "4.4.2", &text);
+    }
+}
+
+/// Connects to the LMTP server of `delivery.local`; returns the socket and its `relay=`
+/// name.
+fn connect_local(target: &LmtpTarget) -> Result<(Transport, String), String> {
+    match target {
+        LmtpTarget::Unix(path) => {
+            let relay = format!("lmtp[{}]", path.display());
+            UnixStream::connect(path)
+                .map(|unix| (Transport::Unix(unix), relay.clone()))
+                .map_err(|e| format!("connect to {relay}: {e}"))
+        }
+        LmtpTarget::Inet { host, port } => {
+            let addrs = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+            let mut last = format!("connect to {host}:{port}: no address");
+            for addr in addrs {
+                match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                    Ok(tcp) => {
+                        return Ok((Transport::Tcp(tcp), format!("{host}[{}]:{port}", addr.ip())));
+                    }
+                    Err(e) => last = format!("connect to {host}[{}]:{port}: {e}", addr.ip()),
+                }
+            }
+            Err(last)
+        }
+    }
+}
+
 /// Records the failure of every recipient of `jobs`.
-fn fail_all(
-    services: &Arc<Services>,
-    jobs: &[Job],
-    permanent: bool,
-    status: &str,
-    text: &str,
-    relay: Option<(&str, &Target)>,
-) {
+fn fail_all(services: &Arc<Services>, jobs: &[Job], permanent: bool, status: &str, text: &str) {
     for job in jobs {
         let outcomes = vec![Outcome::failed(permanent, status, text); job.recipients.len()];
-        record(services, &job.id, &job.recipients, &outcomes, relay);
+        record(services, "smtp", &job.id, &job.recipients, &outcomes, None);
     }
 }
 
 /// Makes the outcomes durable, logs them, and settles the entry.
 fn record(
     services: &Arc<Services>,
+    service: &str,
     id: &str,
     indices: &[usize],
     outcomes: &[Outcome],
-    relay: Option<(&str, &Target)>,
+    via: Option<&Via<'_>>,
 ) {
     let queue = services.queue();
     let now = unix_now();
@@ -433,7 +521,7 @@ fn record(
                 continue;
             }
             rcpt.attempts += 1;
-            rcpt.remote_mta = relay.map(|(_, target)| target.host.clone());
+            rcpt.remote_mta = via.map(|via| via.host.to_owned());
             match outcome {
                 Outcome::Sent { reply, remote_dsn } => {
                     let unreported = rcpt.wants_success_notice() && !remote_dsn;
@@ -474,8 +562,10 @@ fn record(
         }
     };
 
-    let relay_text = relay.map_or_else(|| "none".to_owned(), |(name, _)| name.to_owned());
-    let delay = now.saturating_sub(entry.arrival);
+    let relay_text = via.map_or("none", |via| via.relay);
+    let delay = SystemTime::now()
+        .duration_since(UNIX_EPOCH + Duration::from_secs(entry.arrival))
+        .map_or(0.0, |d| d.as_secs_f64());
     for (&index, outcome) in indices.iter().zip(outcomes) {
         let Some(rcpt) = entry.recipients.get(index) else {
             continue;
@@ -490,9 +580,9 @@ fn record(
             Outcome::Failed { status, text, .. } => (status.clone(), "deferred", text.clone()),
         };
         services.log().write(
-            "smtp",
+            service,
             &format!(
-                "{id}: to=<{}>, relay={relay_text}, delay={delay}, dsn={dsn}, status={status} ({text})",
+                "{id}: to=<{}>, relay={relay_text}, delay={delay:.2}, dsn={dsn}, status={status} ({text})",
                 rcpt.address
             ),
         );

@@ -62,6 +62,10 @@ pub struct QueuedRecipient {
     /// failures only (RFC 3461 section 4.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<String>,
+    /// Delivered by `delivery.local` (the LMTP server that refused it after the data), not
+    /// by SMTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
     /// Where the recipient stands.
     pub state: State,
     /// Delivery attempts made.
@@ -117,6 +121,7 @@ impl QueuedRecipient {
             address,
             orcpt,
             notify: notify.map(|n| notify_words(&n)),
+            local: false,
             state: State::Pending,
             attempts: 0,
             next_attempt: 0,

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,17 @@ pub(super) struct Connection {
     closed: bool,
 }
 
+/// A connected socket for [`Connection::new`].
+pub(super) enum Transport {
+    /// TCP, where STARTTLS may follow.
+    Tcp(TcpStream),
+    /// A Unix socket (an LMTP server on this host).
+    Unix(UnixStream),
+}
+
 enum Stream {
     Plain(TcpStream),
+    Unix(UnixStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
     Gone,
 }
@@ -49,7 +59,7 @@ impl Connection {
     /// Starts a session over a connected stream; `host` is the name TLS checks.
     pub fn new(
         config: Arc<Config>,
-        tcp: TcpStream,
+        transport: Transport,
         tls: Arc<ClientConfig>,
         host: &str,
     ) -> io::Result<Connection> {
@@ -57,7 +67,10 @@ impl Connection {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         Ok(Connection {
             session,
-            stream: Stream::Plain(tcp),
+            stream: match transport {
+                Transport::Tcp(tcp) => Stream::Plain(tcp),
+                Transport::Unix(unix) => Stream::Unix(unix),
+            },
             tls,
             host: host.to_owned(),
             input: Vec::new(),
@@ -172,6 +185,7 @@ impl Connection {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.stream {
             Stream::Plain(tcp) => tcp.write_all(bytes),
+            Stream::Unix(unix) => unix.write_all(bytes),
             Stream::Tls(tls) => tls.write_all(bytes).and_then(|()| tls.flush()),
             Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
         }
@@ -201,6 +215,9 @@ impl Connection {
             Stream::Plain(tcp) => tcp
                 .set_read_timeout(Some(timeout))
                 .and_then(|()| tcp.read(&mut buf)),
+            Stream::Unix(unix) => unix
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| unix.read(&mut buf)),
             Stream::Tls(tls) => tls
                 .sock
                 .set_read_timeout(Some(timeout))
@@ -231,6 +248,7 @@ impl Connection {
         // RFC 3207 section 4.2: what came in the clear after the 220 is not kept.
         self.input.clear();
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            // Never asked for: local transports run without TLS.
             self.session.handle_tls_failed(Instant::now());
             return;
         };
@@ -261,6 +279,9 @@ impl Connection {
         match std::mem::replace(&mut self.stream, Stream::Gone) {
             Stream::Plain(tcp) => {
                 let _ = tcp.shutdown(Shutdown::Both);
+            }
+            Stream::Unix(unix) => {
+                let _ = unix.shutdown(Shutdown::Both);
             }
             Stream::Tls(mut tls) => {
                 tls.conn.send_close_notify();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tern_core::address::{Mailbox, ReversePath};
-use tern_core::command::Body;
+use tern_core::command::{Body, Ret};
 use tern_core::dsn::xtext_encode;
 use tern_core::recipient::{Aliases, Destination, Policy};
 use tern_core::server::Envelope;
@@ -37,7 +37,88 @@ pub struct Submission<'a> {
     pub smtputf8: bool,
 }
 
+/// A recipient that the `delivery.local` LMTP server refused after the data, for
+/// [`Services::queue_refused`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The final address the server refused (after aliases).
+    pub address: String,
+    /// The envelope recipient it came from, whose ORCPT and NOTIFY apply.
+    pub rcpt: String,
+    /// A 5xx: returned to the sender in a notification. Else retried from the queue.
+    pub permanent: bool,
+    /// The enhanced status code, e.g. `4.2.2`.
+    pub status: String,
+    /// The server's reply, as logged.
+    pub reply: String,
+}
+
 impl Services {
+    /// Takes the recipients that the `delivery.local` LMTP server refused after the data
+    /// while it took the message for others (SPEC.md section 5): temporary refusals are
+    /// retried from the queue over LMTP, permanent ones returned to the sender as a delivery
+    /// status notification. Call it before the 250, with the message's spool (the text is
+    /// linked, not copied) and the `Received:` header that went to the server; the entry is
+    /// committed (fsynced) when this returns `Ok`. Returns the new queue id.
+    pub fn queue_refused(
+        &self,
+        envelope: &Envelope,
+        received: &str,
+        wire_size: u64,
+        spool: &mut Spool,
+        refused: &[Refused],
+    ) -> io::Result<String> {
+        let id = self.queue_ids.next();
+        let now = unix_now();
+        let recipients = refused
+            .iter()
+            .map(|r| {
+                let params = envelope
+                    .recipients
+                    .iter()
+                    .find(|e| e.address.to_string() == r.rcpt)
+                    .map(|e| e.params.clone())
+                    .unwrap_or_default();
+                let orcpt = params.orcpt.or_else(|| {
+                    (!r.rcpt.eq_ignore_ascii_case(&r.address))
+                        .then(|| format!("rfc822;{}", xtext_encode(&r.rcpt)))
+                });
+                QueuedRecipient {
+                    local: true,
+                    state: if r.permanent {
+                        State::Failed
+                    } else {
+                        State::Pending
+                    },
+                    attempts: 1,
+                    next_attempt: now + self.queue.retry_delay(1).as_secs(),
+                    last_error: Some(r.reply.clone()),
+                    status: Some(r.status.clone()),
+                    ..QueuedRecipient::new(r.address.clone(), orcpt, params.notify)
+                }
+            })
+            .collect();
+        let params = &envelope.params;
+        let entry = Entry {
+            id: id.clone(),
+            sender: match &envelope.sender {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            },
+            arrival: now,
+            envid: params.envid.clone(),
+            ret: params.ret.map(ret_word),
+            eight_bit: params.body == Some(Body::EightBitMime),
+            smtputf8: params.smtputf8,
+            size: wire_size,
+            received: received.to_owned(),
+            kind: Kind::Message,
+            recipients,
+        };
+        self.queue.prepare(&entry, Text::Spool(spool))?.commit()?;
+        Ok(id)
+    }
+
     /// The outbound queue.
     pub fn queue(&self) -> &Queue {
         &self.queue
@@ -228,10 +309,7 @@ pub(super) fn queue_remote<'q>(
         },
         arrival: unix_now(),
         envid: params.envid.clone(),
-        ret: params.ret.map(|ret| match ret {
-            tern_core::command::Ret::Full => "FULL".to_owned(),
-            tern_core::command::Ret::Hdrs => "HDRS".to_owned(),
-        }),
+        ret: params.ret.map(ret_word),
         eight_bit: params.body == Some(Body::EightBitMime),
         smtputf8: params.smtputf8,
         size: self::wire_size(wire_size, &received),
@@ -265,6 +343,13 @@ fn remote_recipients(
         out.push(QueuedRecipient::new(address.clone(), orcpt, notify));
     }
     out
+}
+
+fn ret_word(ret: Ret) -> String {
+    match ret {
+        Ret::Full => "FULL".to_owned(),
+        Ret::Hdrs => "HDRS".to_owned(),
+    }
 }
 
 /// The size on the wire of `received` (LF ends, sent as CRLF) plus a text of `text_size`.
