@@ -820,3 +820,59 @@ fn recipients_an_lmtp_server_refuses_after_the_data_are_retried_or_returned() {
     );
     drop(server);
 }
+
+#[test]
+fn relay_to_a_second_tern_over_starttls() {
+    // The receiving tern delivers mx.test locally; the sending one has only example.net.
+    let receiving = Fixture::new();
+    let inbound = receiving.serve();
+    let relay = inbound.addr("smtp");
+
+    let fx = Fixture::new();
+    fx.edit_config(|text| {
+        text.replace(
+            r#"domains = ["mx.test", "example.net"]"#,
+            r#"domains = ["example.net"]"#,
+        )
+        .replace(
+            "trusted_networks = []",
+            r#"trusted_networks = ["127.0.0.0/8"]"#,
+        )
+        .replace(r#"hostname = "mx.test""#, r#"hostname = "out.test""#)
+            + &format!("\n[delivery]\nrelay_host = \"{relay}\"\nrelay_tls = \"encrypt\"\n")
+    });
+    let server = serve(&fx);
+    let id = send(&server, "alice@example.net", &["bob@mx.test"], "tls");
+
+    let files = wait_files(&receiving.new_dir("bob"), 1);
+    let text = files[0].text();
+    assert!(text.contains("with ESMTPS (TLS"), "{text}");
+    assert!(
+        text.contains(&format!("by out.test (tern) with ESMTP id {id}")),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Subject: tls\nMessage-ID: <tls@client.test>\n\nHello tls.\n.leading dot\n"),
+        "{text}"
+    );
+    wait_log(
+        &fx,
+        &format!("{id}: to=<bob@mx.test>, relay=127.0.0.1[127.0.0.1]:"),
+    );
+}
+
+#[test]
+fn encrypt_without_starttls_on_offer_is_deferred() {
+    let receiver = Receiver::start();
+    let fx = relaying_fixture(&receiver);
+    fx.edit_config(|text| text.replace(r#"relay_tls = "may""#, r#"relay_tls = "encrypt""#));
+    let server = serve(&fx);
+    let id = send(&server, "alice@example.net", &["ok@remote.test"], "plain");
+    let log = wait_log(&fx, &format!("{id}: to=<ok@remote.test>"));
+    assert!(log.contains("status=deferred"), "{log}");
+    assert!(
+        log.contains("TLS is required, but was not offered"),
+        "{log}"
+    );
+    assert!(receiver.received().is_empty());
+}
