@@ -221,18 +221,27 @@ fn serve_retrying(fx: &Fixture, retry: &str) -> Server {
 
 /// Sends one message over the smtp listener; returns its queue id.
 fn send(server: &Server, from: &str, to: &[&str], subject: &str) -> String {
+    let rcpts: Vec<String> = to.iter().map(|rcpt| format!("RCPT TO:<{rcpt}>")).collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    send_lines(server, &format!("MAIL FROM:<{from}>"), &rcpts, subject)
+}
+
+/// Sends one message with these MAIL and RCPT command lines; returns its queue id.
+fn send_lines(server: &Server, mail: &str, rcpts: &[&str], subject: &str) -> String {
     let mut c = Client::tcp(&server.addr("smtp"));
     c.expect_prefix("220 ");
     c.cmd("EHLO client.test");
-    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
-    for rcpt in to {
-        let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
-        assert!(reply.starts_with("250"), "RCPT {rcpt}: {reply}");
+    let reply = c.cmd(mail);
+    assert!(reply.starts_with("250"), "{mail}: {reply}");
+    for rcpt in rcpts {
+        let reply = c.cmd(rcpt);
+        assert!(reply.starts_with("250"), "{rcpt}: {reply}");
     }
     assert!(c.cmd("DATA").starts_with("354"));
     c.send(
         format!(
-            "From: <{from}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\n\
+            "From: <alice@example.net>\r\nSubject: {subject}\r\n\
+             Message-ID: <{subject}@client.test>\r\n\r\n\
              Hello {subject}.\r\n..leading dot\r\n.\r\n"
         )
         .as_bytes(),
@@ -875,4 +884,86 @@ fn encrypt_without_starttls_on_offer_is_deferred() {
         "{log}"
     );
     assert!(receiver.received().is_empty());
+}
+
+#[test]
+fn notifications_follow_notify_and_the_null_sender_goes_to_postmaster() {
+    let receiver = Receiver::start();
+    let fx = relaying_fixture(&receiver);
+    let server = serve(&fx);
+
+    // NOTIFY=NEVER: a failure is logged and nobody hears of it.
+    let never = send_lines(
+        &server,
+        "MAIL FROM:<alice@example.net>",
+        &["RCPT TO:<perm@remote.test> NOTIFY=NEVER"],
+        "never",
+    );
+    // NOTIFY=SUCCESS to a server without DSN: a "relayed" report, headers only with RET=HDRS,
+    // ENVID and ORCPT given back.
+    send_lines(
+        &server,
+        "MAIL FROM:<alice@example.net> RET=HDRS ENVID=env+2B1",
+        &["RCPT TO:<ok@remote.test> NOTIFY=SUCCESS ORCPT=rfc822;Original+40remote.test"],
+        "success",
+    );
+    let relayed = wait_files(&fx.new_dir("alice"), 1);
+    let text = relayed[0].text();
+    assert!(
+        text.contains("Subject: Successful Mail Delivery Report\n"),
+        "{text}"
+    );
+    assert!(text.contains("Original-Envelope-Id: env+1\n"), "{text}");
+    assert!(
+        text.contains("Original-Recipient: rfc822; Original@remote.test\n"),
+        "{text}"
+    );
+    assert!(text.contains("Action: relayed\nStatus: 2.0.0\n"), "{text}");
+    assert!(
+        text.contains("Content-Type: text/rfc822-headers\n"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: success\n"), "{text}");
+    assert!(!text.contains("Hello success."), "headers only: {text}");
+    wait_log(&fx, &format!("{never}: removed"));
+
+    // A message that needs SMTPUTF8 to a server without it fails for good (5.6.7).
+    send_lines(
+        &server,
+        "MAIL FROM:<alice@example.net> SMTPUTF8",
+        &["RCPT TO:<ok@remote.test>"],
+        "utf8",
+    );
+    let files = wait_files(&fx.new_dir("alice"), 2);
+    let utf8 = files
+        .iter()
+        .map(|f| f.text())
+        .find(|t| t.contains("Subject: utf8"))
+        .unwrap();
+    assert!(utf8.contains("Action: failed\nStatus: 5.6.7\n"), "{utf8}");
+
+    // From the null sender, a failure goes to postmaster (alice here), never to <>.
+    let bounce = send_lines(
+        &server,
+        "MAIL FROM:<>",
+        &["RCPT TO:<perm@remote.test>"],
+        "null",
+    );
+    let files = wait_files(&fx.new_dir("alice"), 3);
+    let double = files
+        .iter()
+        .map(|f| f.text())
+        .find(|t| t.contains("Subject: null"))
+        .unwrap();
+    assert!(double.contains("Delivered-To: alice@mx.test\n"), "{double}");
+    assert!(
+        double.contains("Final-Recipient: rfc822; perm@remote.test\n"),
+        "{double}"
+    );
+    wait_log(&fx, &format!("{bounce}: removed"));
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "only the NOTIFY=SUCCESS message arrived"
+    );
 }
