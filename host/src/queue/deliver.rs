@@ -9,7 +9,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tern_core::address::{Mailbox, ReversePath};
 use tern_core::client::{
@@ -27,6 +27,10 @@ use crate::service::Services;
 /// The longest the scheduler sleeps: it looks for `tern queue flush` and the maildrop this
 /// often.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How often the whole queue directory is read again, in case something outside this
+/// process changed it.
+const RESCAN: Duration = Duration::from_secs(60);
 
 /// The destination key of every message when a relay host is set.
 const RELAY_KEY: &str = "[relay]";
@@ -74,6 +78,10 @@ enum Outcome {
 }
 
 fn schedule(weak: &Weak<Services>, busy: &Arc<Mutex<Busy>>) {
+    // Every entry, as last read. The directory is read in full at start, on a flush and
+    // every RESCAN; in between only the entries this process touched are read again.
+    let mut cache: HashMap<String, Entry> = HashMap::new();
+    let mut last_scan: Option<Instant> = None;
     loop {
         let Some(services) = weak.upgrade() else {
             return;
@@ -82,21 +90,44 @@ fn schedule(weak: &Weak<Services>, busy: &Arc<Mutex<Busy>>) {
         let force = queue.take_flush_request();
         maildrop::pick_up(&services);
 
-        let mut wait = TICK;
-        match queue.entries() {
-            Ok((entries, _unreadable)) => {
-                let now = unix_now();
-                let mut due: BTreeMap<String, Vec<Job>> = BTreeMap::new();
-                for entry in entries {
-                    if let Some(next) = plan(&services, entry, now, force, busy, &mut due) {
-                        wait = wait.min(Duration::from_secs(next.saturating_sub(now)));
+        let touched = queue.take_touched();
+        if force || last_scan.is_none_or(|at| at.elapsed() >= RESCAN) {
+            match queue.entries() {
+                Ok((entries, _unreadable)) => {
+                    cache = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+                    last_scan = Some(Instant::now());
+                }
+                Err(e) => services.log().write("qmgr", &format!("warning: {e}")),
+            }
+        } else {
+            for id in touched {
+                match queue.load(&id) {
+                    Ok(entry) => {
+                        cache.insert(id, entry);
+                    }
+                    Err(_) => {
+                        cache.remove(&id);
                     }
                 }
-                for (destination, jobs) in due {
-                    dispatch(&services, busy, destination, jobs);
-                }
             }
-            Err(e) => services.log().write("qmgr", &format!("warning: {e}")),
+        }
+
+        let now = unix_now();
+        let mut wait = TICK;
+        let mut due: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        let mut ids: Vec<(u64, String)> =
+            cache.values().map(|e| (e.arrival, e.id.clone())).collect();
+        ids.sort();
+        for (_, id) in ids {
+            let Some(entry) = cache.get(&id) else {
+                continue;
+            };
+            if let Some(next) = plan(&services, entry.clone(), now, force, busy, &mut due) {
+                wait = wait.min(Duration::from_secs(next.saturating_sub(now)));
+            }
+        }
+        for (destination, jobs) in due {
+            dispatch(&services, busy, destination, jobs);
         }
         drop(services);
         if !wait.is_zero() {

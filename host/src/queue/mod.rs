@@ -77,6 +77,8 @@ pub struct Queue {
     /// (in different domains) never lose each other's change.
     write: Mutex<()>,
     wake: (Mutex<bool>, Condvar),
+    /// Ids whose entry was committed, changed or removed since the scheduler last looked.
+    touched: Mutex<Vec<String>>,
     retry: Vec<Duration>,
 }
 
@@ -110,6 +112,7 @@ impl Queue {
             dir: dir.to_owned(),
             write: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
+            touched: Mutex::new(Vec::new()),
             retry: retry_schedule(std::env::var("TERN_QUEUE_RETRY").ok().as_deref()),
         };
         queue.clean()?;
@@ -123,6 +126,7 @@ impl Queue {
             dir: dir.to_owned(),
             write: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
+            touched: Mutex::new(Vec::new()),
             retry: RETRY_SCHEDULE.to_vec(),
         })
     }
@@ -181,6 +185,7 @@ impl Queue {
         let mut entry = self.load(id)?;
         change(&mut entry);
         self.store(&entry)?;
+        self.touch(id);
         Ok(entry)
     }
 
@@ -189,6 +194,7 @@ impl Queue {
     pub fn remove(&self, id: &str) -> io::Result<()> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         remove_if_present(&self.env_path(id))?;
+        self.touch(id);
         remove_if_present(&self.message_path(id))
     }
 
@@ -229,6 +235,18 @@ impl Queue {
                 .0;
         }
         *woken = false;
+    }
+
+    /// The ids touched since the last call.
+    fn take_touched(&self) -> Vec<String> {
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn touch(&self, id: &str) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_owned());
     }
 
     /// Whether the flush trigger file exists; removes it.
@@ -286,6 +304,7 @@ impl Pending<'_> {
             .map_err(|e| annotate(e, "cannot rename", &tmp))?;
         self.committed = true;
         sync_dir(&self.queue.dir)?;
+        self.queue.touch(&self.id);
         self.queue.wake();
         Ok(())
     }
