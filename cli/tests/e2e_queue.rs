@@ -346,7 +346,8 @@ m = email.message_from_binary_file(open(sys.argv[1], 'rb'))
 assert m.get_content_type() == 'multipart/report', m.get_content_type()
 assert m.get_param('report-type') == 'delivery-status'
 parts = m.get_payload()
-assert [p.get_content_type() for p in parts] == ['text/plain', 'message/delivery-status', 'message/rfc822'], [p.get_content_type() for p in parts]
+types = [p.get_content_type() for p in parts]
+assert types == ['text/plain', 'message/delivery-status', 'message/rfc822'], types
 fields = parts[1].get_payload()
 per_message, per_rcpt = fields[0], fields[1]
 assert per_message['Reporting-MTA'] == 'dns; mx.test', per_message['Reporting-MTA']

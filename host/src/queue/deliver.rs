@@ -613,7 +613,8 @@ fn record(
         services.log().write(
             service,
             &format!(
-                "{id}: to=<{}>, relay={relay_text}, delay={delay:.2}, dsn={dsn}, status={status} ({text})",
+                "{id}: to=<{}>, relay={relay_text}, delay={delay:.2}, dsn={dsn}, \
+                 status={status} ({text})",
                 rcpt.address
             ),
         );

@@ -22,9 +22,14 @@
 //! # Delivery
 //!
 //! [`start`] runs a scheduler thread that picks due recipients, groups them by destination
-//! (the `relay_host`, else the recipient's domain) and hands each group to a worker thread
-//! ([`deliver`]), at most [`DESTINATION_CONCURRENCY`] at a time per destination. A worker
-//! opens one connection and sends every message of its group over it.
+//! (the `relay_host`, else the recipient's domain; `delivery.local` for recipients an LMTP
+//! server refused after the data) and hands each group to a worker thread, at most
+//! [`DESTINATION_CONCURRENCY`] at a time per destination. A worker opens one connection
+//! (MX hosts in preference order, then the next address on a connection failure or a
+//! refused greeting) and sends every message of its group over it with the core client
+//! session: STARTTLS as `relay_tls` says, PIPELINING, SIZE, 8BITMIME, SMTPUTF8 and DSN
+//! where offered. The scheduler keeps the entries in memory, reads again only those that
+//! changed, and reads the whole directory every minute and on a flush.
 //!
 //! Retries come after 1, 5, 15 and 30 minutes, then every hour, until `queue_lifetime`
 //! has passed since arrival; then the recipient fails with 4.4.7. The environment variable
@@ -32,7 +37,25 @@
 //! repeats) replaces the schedule, for tests.
 //!
 //! `tern queue flush` creates the file `flush` in the queue directory; the scheduler looks
-//! for it every second, removes it and makes every pending recipient due at once.
+//! for it (and for new files in the maildrop) every second, removes it and makes every
+//! pending recipient due at once.
+//!
+//! # Notifications
+//!
+//! A permanent failure, or a temporary one past `queue_lifetime`, is reported to the sender
+//! (see `bounce`): RFC 3464, honouring NOTIFY, RET, ENVID and ORCPT; from the null sender
+//! to postmaster instead; a failing postmaster notification is dropped with a log line.
+//!
+//! Known limits:
+//! - No delay notices (NOTIFY=DELAY) are sent.
+//! - A notification is queued before the failed recipients are marked done, so a crash
+//!   between the two sends it twice (never zero times).
+//! - Recipients that an LMTP server refused are retried over LMTP only; if `delivery.local`
+//!   has become `maildir` meanwhile they wait until they expire.
+//! - Notifications to local senders go into the Maildir even with `delivery.local =
+//!   "lmtp:..."`.
+//! - Worker threads are not pooled: one per destination batch, at most
+//!   [`DESTINATION_CONCURRENCY`] per destination, with no cap across destinations.
 
 mod bounce;
 mod deliver;

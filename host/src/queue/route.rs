@@ -205,21 +205,19 @@ fn parse_server(text: &str) -> Option<SocketAddr> {
 /// Postfix's wording: a name that does not exist is permanent (5.4.4), anything else is a
 /// temporary failure of the name service (4.4.3).
 fn dns_error(name: &str, kind: &str, e: &ResolveError) -> RouteError {
+    let what =
+        format!("Host or domain name not found. Name service error for name={name} type={kind}");
     if e.is_nx_domain() {
         RouteError {
             permanent: true,
             status: "5.4.4",
-            text: format!(
-                "Host or domain name not found. Name service error for name={name} type={kind}: Host not found"
-            ),
+            text: format!("{what}: Host not found"),
         }
     } else {
         RouteError {
             permanent: false,
             status: "4.4.3",
-            text: format!(
-                "Host or domain name not found. Name service error for name={name} type={kind}: {e}"
-            ),
+            text: format!("{what}: {e}"),
         }
     }
 }
