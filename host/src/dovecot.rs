@@ -211,7 +211,10 @@ mod tests {
 
     #[test]
     fn userdb_lines_are_read_as_dovecot_writes_them() {
-        assert_eq!(parse_userdb_line(b"VERSION\t1\t1", false), UserdbLine::Version);
+        assert_eq!(
+            parse_userdb_line(b"VERSION\t1\t1", false),
+            UserdbLine::Version
+        );
         assert!(matches!(
             parse_userdb_line(b"VERSION\t2\t0", false),
             UserdbLine::Broken(_)

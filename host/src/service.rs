@@ -137,12 +137,13 @@ impl Services {
         // an account whose stored password can give SCRAM keys, and tern checking passwords
         // itself. The check is made at start.
         let own_passwords = config.accounts.dovecot_auth.is_none();
-        let scram = own_passwords && accounts.as_ref().is_some_and(|accounts| {
-            accounts
-                .users()
-                .iter()
-                .any(|a| crate::password::serves_scram(&a.password))
-        });
+        let scram = own_passwords
+            && accounts.as_ref().is_some_and(|accounts| {
+                accounts
+                    .users()
+                    .iter()
+                    .any(|a| crate::password::serves_scram(&a.password))
+            });
         let sessions = config
             .listeners
             .iter()

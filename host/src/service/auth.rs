@@ -53,7 +53,9 @@ pub fn serve_auth_connection<S: AuthStream>(services: &Arc<Services>, listener: 
     };
     let mut cookie = [0u8; 16];
     if let Err(e) = getrandom::fill(&mut cookie) {
-        services.log.write(LOG_AS, &format!("warning: random source: {e}"));
+        services
+            .log
+            .write(LOG_AS, &format!("warning: random source: {e}"));
         return;
     }
     let cuid = services.auth_connections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -111,7 +113,11 @@ fn drive<S: AuthStream>(handler: &mut AuthHandler, mut server: Server, mut strea
             let now = Instant::now();
             match output {
                 ServerOutput::Send(bytes) => {
-                    if stream.write_all(&bytes).and_then(|()| stream.flush()).is_err() {
+                    if stream
+                        .write_all(&bytes)
+                        .and_then(|()| stream.flush())
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -148,9 +154,10 @@ fn drive<S: AuthStream>(handler: &mut AuthHandler, mut server: Server, mut strea
         }
 
         // Wait for input, but no longer than the next held failure is due.
-        let wait = server
-            .poll_timeout()
-            .map(|at| at.saturating_duration_since(now).max(Duration::from_millis(1)));
+        let wait = server.poll_timeout().map(|at| {
+            at.saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+        });
         if stream.set_read_timeout(wait).is_err() {
             return;
         }

@@ -514,8 +514,8 @@ pub(super) fn build_copies(
         if !seen.insert(address.to_lowercase()) {
             continue;
         }
-        let (key, found) = find_account(services, account)?
-            .ok_or_else(|| format!("account {account} is gone"))?;
+        let (key, found) =
+            find_account(services, account)?.ok_or_else(|| format!("account {account} is gone"))?;
 
         // %n and %d come from the lookup key when it names a domain (`%n@%d` formats), else
         // from the recipient's address.
