@@ -542,7 +542,9 @@ pub(super) fn build_copies(
 
 /// The account named `login` and the key it was found under: from Dovecot's userdb with
 /// `[accounts] dovecot_userdb` (its `home`, `uid` and `gid` fields; the name Dovecot gave
-/// back is the key), else from the accounts file. `Err` is a temporary failure, for the log.
+/// back is the key), else from the accounts file. Dovecot is asked with `login` as it is
+/// (the whole address at RCPT): its own `auth_username_format` maps it, not tern's. `Err` is
+/// a temporary failure, for the log.
 pub(super) fn find_account(
     services: &Services,
     login: &str,
