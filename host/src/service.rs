@@ -49,7 +49,7 @@ use tern_core::reply::{Mode, Reply};
 use tern_core::sasl::{Mechanism, ScramSecret};
 use tern_core::server::{self, AuthMode, Peer, Session, TlsMode};
 
-pub use self::auth::{AuthHandler, AuthStream, serve_auth_connection};
+pub use self::auth::{AuthHandler, AuthStream, open_auth, serve_auth_connection};
 pub use self::connection::{Action, Answer, ConnectionHandler, Work};
 pub use self::embedded::{Embedded, embedded};
 pub use self::listen::{Bound, Socket};

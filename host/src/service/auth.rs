@@ -3,7 +3,8 @@
 //!
 //! [`serve_auth_connection`] drives one connection of the core [`Server`] machine with
 //! blocking calls until the client leaves; a runtime runs it on a thread of its own per
-//! accepted connection. [`AuthHandler`] is the part that answers the machine's questions:
+//! accepted connection. A runtime that would rather drive the machine itself gets it from
+//! [`open_auth`], with the [`AuthHandler`] that answers the machine's questions:
 //! passwords are checked, and SCRAM keys looked up, exactly as for an SMTP session (the
 //! shared functions in `connection.rs`), so both sides offer and accept the same things.
 //!
@@ -45,26 +46,35 @@ pub trait AuthStream: Read + Write {
 /// The server's `CUID` comes from a counter in [`Services`], its `COOKIE` from the system's
 /// random source, its `SPID` is this process's id.
 pub fn serve_auth_connection<S: AuthStream>(services: &Arc<Services>, listener: usize, stream: S) {
-    let Some(config) = services.auth_server.clone() else {
-        return;
-    };
-    let Ok(admission) = services.admit(listener, None) else {
-        return;
-    };
+    if let Some((server, mut handler)) = open_auth(services, listener) {
+        drive(&mut handler, server, stream);
+    }
+}
+
+/// For a runtime that drives the machine itself: the [`Server`] of a new connection on the
+/// dovecot-auth listener `listener` (handshake queued, `CUID`, `COOKIE` and `SPID` filled in)
+/// and the handler that answers its questions. `None` when the listener is not a
+/// dovecot-auth one, the connection limits refuse it, or the random source fails (logged);
+/// close the connection then.
+pub fn open_auth(services: &Arc<Services>, listener: usize) -> Option<(Server, AuthHandler)> {
+    if !services.is_dovecot_auth(listener) {
+        return None;
+    }
+    let config = services.auth_server.clone()?;
+    let admission = services.admit(listener, None).ok()?;
     let mut cookie = [0u8; 16];
     if let Err(e) = getrandom::fill(&mut cookie) {
         services
             .log
             .write(LOG_AS, &format!("warning: random source: {e}"));
-        return;
+        return None;
     }
     let cuid = services.auth_connections.fetch_add(1, Ordering::Relaxed) + 1;
-    let server = Server::new(config, cuid, cookie);
-    let mut handler = AuthHandler {
+    let handler = AuthHandler {
         services: Arc::clone(services),
         _admission: admission,
     };
-    drive(&mut handler, server, stream);
+    Some((Server::new(config, cuid, cookie), handler))
 }
 
 /// Answers the questions of one dovecot-auth connection with blocking calls.
@@ -75,7 +85,7 @@ pub struct AuthHandler {
 }
 
 impl AuthHandler {
-    /// Checks the credentials of request `id` and logs a failure (never the password).
+    /// Checks credentials from an `AUTH` request and logs a failure (never the password).
     pub fn authenticate(&self, credentials: &Credentials, info: &RequestInfo) -> AuthVerdict {
         let context = AuthContext {
             client: parse_ip(info.remote_ip.as_deref()),
@@ -90,8 +100,8 @@ impl AuthHandler {
         lookup_scram(&self.services, login)
     }
 
-    /// Logs the end of a connection that broke the protocol.
-    fn protocol_error(&self) {
+    /// Logs the end of a connection that broke the protocol (on [`ServerOutput::Close`]).
+    pub fn protocol_error(&self) {
         self.services.log.write(
             LOG_AS,
             "warning: auth client broke the protocol, disconnecting",
