@@ -133,13 +133,8 @@ fn session_config_follows_the_listener_and_the_site() {
 }
 
 #[test]
-fn unimplemented_features_refuse_to_start() {
+fn a_server_without_an_account_source_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = site(dir.path(), "");
-    config.accounts.dovecot_userdb = Some("/x".into());
-    let error = Services::new(config).err().unwrap();
-    assert!(error.0.contains("not implemented"), "{error}");
-
     let mut config = site(dir.path(), "");
     config.accounts.file = None;
     let error = Services::new(config).err().unwrap();
