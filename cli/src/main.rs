@@ -213,9 +213,6 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
     let bound = services.bind().map_err(runtime_err)?;
     tern_host::queue::start(&services)
         .map_err(|e| runtime_err(format!("cannot start the queue: {e}")))?;
-    for name in services.unsupported_listeners() {
-        eprintln!("tern: listener {name}: the dovecot-auth protocol is not implemented yet");
-    }
 
     let listeners: Vec<(String, String)> = bound
         .iter()

@@ -15,7 +15,7 @@ use tern_core::recipient::{Aliases, Destination, Policy};
 use tern_core::server::Envelope;
 
 use super::Services;
-use super::connection::build_copies;
+use super::connection::{build_copies, find_account};
 use crate::headers::{self, ReceivedInfo};
 use crate::maildir::Spool;
 use crate::queue::{Entry, Kind, Pending, Queue, QueuedRecipient, State, Text, unix_now};
@@ -137,7 +137,6 @@ impl Services {
         let id = self.queue_ids.next();
         let sender = submission.sender.clone().unwrap_or_default();
         let policy = self.policy();
-        let accounts = self.accounts.as_ref().ok_or("no accounts file")?;
 
         let mut destinations = Vec::new();
         let mut unknown = Vec::new();
@@ -155,12 +154,14 @@ impl Services {
                 unknown.push((address.clone(), "5.1.1", "User unknown"));
             }
             for destination in resolved {
-                match &destination {
-                    Destination::Local { account, .. } if accounts.lookup(account).is_none() => {
+                if let Destination::Local { account, .. } = &destination {
+                    // A lookup that fails (Dovecot unreachable) leaves the message for later.
+                    if find_account(self, account)?.is_none() {
                         unknown.push((address.clone(), "5.1.1", "User unknown"));
+                        continue;
                     }
-                    _ => destinations.push((address.clone(), destination)),
                 }
+                destinations.push((address.clone(), destination));
             }
         }
 
