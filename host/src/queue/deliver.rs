@@ -619,7 +619,11 @@ fn record(
             ),
         );
     }
-    settle(services, id);
+    if entry.is_done() {
+        services.log().write("qmgr", &format!("{id}: removed"));
+    } else {
+        settle(services, id);
+    }
 }
 
 /// Sends the notifications an entry owes and removes it when every recipient is done.
@@ -664,16 +668,23 @@ fn settle(services: &Arc<Services>, id: &str) {
             }
         }) {
             Ok(entry) => entry,
-            Err(_) => return,
+            Err(e) => {
+                services.log().write("qmgr", &format!("warning: {id}: {e}"));
+                return;
+            }
         }
     } else {
+        // Left done by a crash before its removal.
+        if entry.is_done()
+            && let Err(e) = queue.remove(id)
+        {
+            services.log().write("qmgr", &format!("warning: {id}: {e}"));
+            return;
+        }
         entry
     };
     if entry.is_done() {
-        match queue.remove(id) {
-            Ok(()) => services.log().write("qmgr", &format!("{id}: removed")),
-            Err(e) => services.log().write("qmgr", &format!("warning: {id}: {e}")),
-        }
+        services.log().write("qmgr", &format!("{id}: removed"));
     }
 }
 

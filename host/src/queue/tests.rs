@@ -67,7 +67,7 @@ fn open_removes_what_a_crash_left_half_written() {
 }
 
 #[test]
-fn update_is_durable_and_remove_takes_both_files() {
+fn update_is_durable_and_a_finished_entry_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue
@@ -77,17 +77,24 @@ fn update_is_durable_and_remove_takes_both_files() {
         .unwrap();
     queue
         .update("F6", |e| {
-            e.recipients[0].state = State::Done;
             e.recipients[0].attempts = 2;
+            e.recipients[0].last_error = Some("451 later".into());
         })
         .unwrap();
     let reopened = Queue::open(dir.path()).unwrap();
     let loaded = reopened.load("F6").unwrap();
-    assert!(loaded.is_done());
     assert_eq!(loaded.recipients[0].attempts, 2);
+    assert_eq!(
+        loaded.recipients[0].last_error.as_deref(),
+        Some("451 later")
+    );
 
-    reopened.remove("F6").unwrap();
+    let done = reopened
+        .update("F6", |e| e.recipients[0].state = State::Done)
+        .unwrap();
+    assert!(done.is_done());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert_eq!(reopened.take_touched(), ["F6"]);
 }
 
 #[test]
