@@ -99,6 +99,7 @@ PIDS+=($!)
 wait_port "$TPORT"
 start=$(python3 -c 'import time; print(time.time())')
 submit "$TPORT"
+echo "tern: accepted $N in $(python3 -c "import time; print(round(time.time() - $start, 2))") s"
 tern_secs=$(wait_sink "$start" tern)
 
 # --- Postfix ---------------------------------------------------------------------------
@@ -131,6 +132,7 @@ postfix -c "$PF/etc" start >"$W/postfix-start" 2>&1 && PF_STARTED=1 || { cat "$W
 wait_port "$PPORT"
 start=$(python3 -c 'import time; print(time.time())')
 submit "$PPORT"
+echo "postfix: accepted $N in $(python3 -c "import time; print(round(time.time() - $start, 2))") s"
 postfix_secs=$(wait_sink "$start" postfix)
 
 python3 - "$N" "$tern_secs" "$postfix_secs" <<'EOF'

@@ -28,6 +28,9 @@ use crate::service::Services;
 /// often.
 const TICK: Duration = Duration::from_secs(1);
 
+/// The shortest time between two scheduling rounds.
+const ROUND: Duration = Duration::from_millis(20);
+
 /// How often the whole queue directory is read again, in case something outside this
 /// process changed it.
 const RESCAN: Duration = Duration::from_secs(60);
@@ -53,6 +56,8 @@ pub fn start(services: &Arc<Services>) -> io::Result<()> {
 #[derive(Default)]
 struct Busy {
     jobs: HashSet<(String, String)>,
+    /// How many jobs each message has in `jobs`.
+    per_message: HashMap<String, usize>,
     per_destination: HashMap<String, usize>,
 }
 
@@ -82,7 +87,15 @@ fn schedule(weak: &Weak<Services>, busy: &Arc<Mutex<Busy>>) {
     // every RESCAN; in between only the entries this process touched are read again.
     let mut cache: HashMap<String, Entry> = HashMap::new();
     let mut last_scan: Option<Instant> = None;
+    let mut last_round = Instant::now();
     loop {
+        // Under load every commit wakes the scheduler; a short pause gathers them, so a
+        // round over the whole cache is made at most every ROUND.
+        let since = last_round.elapsed();
+        if since < ROUND {
+            thread::sleep(ROUND - since);
+        }
+        last_round = Instant::now();
         let Some(services) = weak.upgrade() else {
             return;
         };
@@ -122,7 +135,7 @@ fn schedule(weak: &Weak<Services>, busy: &Arc<Mutex<Busy>>) {
             let Some(entry) = cache.get(&id) else {
                 continue;
             };
-            if let Some(next) = plan(&services, entry.clone(), now, force, busy, &mut due) {
+            if let Some(next) = plan(&services, entry, now, force, busy, &mut due) {
                 wait = wait.min(Duration::from_secs(next.saturating_sub(now)));
             }
         }
@@ -147,7 +160,7 @@ fn queue_wait(weak: &Weak<Services>, wait: Duration) {
 /// Returns when its next recipient is due, if later than now.
 fn plan(
     services: &Arc<Services>,
-    mut entry: Entry,
+    entry: &Entry,
     now: u64,
     force: bool,
     busy: &Mutex<Busy>,
@@ -156,7 +169,7 @@ fn plan(
     let relay = Router::has_relay(services.config().delivery.relay_host.as_deref());
     let in_flight = {
         let busy = busy.lock().unwrap_or_else(|e| e.into_inner());
-        busy.jobs.iter().any(|(id, _)| *id == entry.id)
+        busy.per_message.contains_key(&entry.id)
     };
     if !in_flight {
         let lifetime = services.config().delivery.queue_lifetime.as_secs();
@@ -172,19 +185,19 @@ fn plan(
                     r.last_error = Some(format!("delivery time expired: {last}"));
                 }
             }) {
-                Ok(updated) => entry = updated,
+                Ok(updated) => log_expired(services, &updated),
                 Err(e) => services.log().write("qmgr", &format!("warning: {e}")),
             }
-            log_expired(services, &entry);
+            // The entry changed; the next round plans it as it is now.
+            queue.wake();
+            return None;
         }
         let unsettled =
             |r: &super::QueuedRecipient| matches!(r.state, State::Failed | State::Sent { .. });
         if entry.is_done() || entry.recipients.iter().any(unsettled) {
             settle(services, &entry.id);
-            match services.queue().load(&entry.id) {
-                Ok(reloaded) => entry = reloaded,
-                Err(_) => return None,
-            }
+            services.queue().wake();
+            return None;
         }
     }
 
@@ -242,6 +255,7 @@ fn dispatch(
         let batch = batch.to_vec();
         for job in &batch {
             busy_now.jobs.insert((job.id.clone(), destination.clone()));
+            *busy_now.per_message.entry(job.id.clone()).or_default() += 1;
         }
         *busy_now
             .per_destination
@@ -257,6 +271,12 @@ fn dispatch(
                 let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
                 for job in &batch {
                     busy.jobs.remove(&(job.id.clone(), destination.clone()));
+                    if let Some(n) = busy.per_message.get_mut(&job.id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            busy.per_message.remove(&job.id);
+                        }
+                    }
                 }
                 if let Some(n) = busy.per_destination.get_mut(&destination) {
                     *n -= 1;
