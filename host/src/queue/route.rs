@@ -39,15 +39,24 @@ pub(super) struct RouteError {
 }
 
 /// Finds the addresses of destinations; one per worker thread.
-pub(super) struct Router {
-    relay: Option<(String, u16)>,
-    resolver: TokioResolver,
-    runtime: Runtime,
+pub(super) enum Router {
+    /// Everything goes to the relay host (`host`, port).
+    Relay(String, u16),
+    /// MX lookups with this resolver, on this runtime.
+    Dns(Box<TokioResolver>, Runtime),
 }
 
 impl Router {
     /// A router for the `[delivery]` configuration.
     pub fn new(config: &DeliveryConfig) -> Result<Router, String> {
+        let relay = config
+            .relay_host
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .map(parse_relay);
+        if let Some((host, port)) = relay {
+            return Ok(Router::Relay(host, port));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -67,12 +76,7 @@ impl Router {
             let config = ResolverConfig::from_parts(None, Vec::new(), group);
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build()
         };
-        let relay = config.relay_host.as_deref().map(parse_relay);
-        Ok(Router {
-            relay,
-            resolver,
-            runtime,
-        })
+        Ok(Router::Dns(Box::new(resolver), runtime))
     }
 
     /// Whether every message goes to the relay host.
@@ -82,9 +86,10 @@ impl Router {
 
     /// The addresses to try for `domain` (ignored with a relay host), best first.
     pub fn targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
-        if let Some((host, port)) = &self.relay {
-            return resolve_relay(host, *port);
-        }
+        let (resolver, runtime) = match self {
+            Router::Relay(host, port) => return resolve_relay(host, *port),
+            Router::Dns(resolver, runtime) => (resolver, runtime),
+        };
         if let Some(ip) = address_literal(domain) {
             return Ok(vec![Target {
                 host: ip.to_string(),
@@ -93,10 +98,7 @@ impl Router {
         }
 
         let name = format!("{}.", domain.trim_end_matches('.'));
-        let hosts = match self
-            .runtime
-            .block_on(self.resolver.mx_lookup(name.as_str()))
-        {
+        let hosts = match runtime.block_on(resolver.mx_lookup(name.as_str())) {
             Ok(lookup) => {
                 let mut mx: Vec<(u16, String)> = lookup
                     .iter()
@@ -120,10 +122,7 @@ impl Router {
         let mut targets = Vec::new();
         let mut last_error = None;
         for host in hosts {
-            match self
-                .runtime
-                .block_on(self.resolver.lookup_ip(host.as_str()))
-            {
+            match runtime.block_on(resolver.lookup_ip(host.as_str())) {
                 Ok(lookup) => targets.extend(lookup.iter().map(|ip| Target {
                     host: host.trim_end_matches('.').to_owned(),
                     addr: SocketAddr::new(ip, SMTP_PORT),
