@@ -8,6 +8,7 @@ pub mod data;
 pub mod net;
 pub mod policy;
 pub mod recipient;
+pub mod replay;
 pub mod reply;
 pub mod sasl;
 pub mod server;
