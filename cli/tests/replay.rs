@@ -41,9 +41,15 @@ fn a_differing_output_exits_1_with_both_sides() {
     let out = tern_replay(&file);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("expected: send 250-mx.example.net"), "{stdout}");
+    assert!(
+        stdout.contains("expected: send 250-mx.example.net"),
+        "{stdout}"
+    );
     assert!(stdout.contains("250 2.1.0 Sure\\r\\n\n"), "{stdout}");
-    assert!(stdout.contains("actual:   send 250-mx.example.net"), "{stdout}");
+    assert!(
+        stdout.contains("actual:   send 250-mx.example.net"),
+        "{stdout}"
+    );
     assert!(stdout.ends_with("250 2.1.0 Ok\\r\\n\n"), "{stdout}");
 }
 

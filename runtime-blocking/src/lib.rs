@@ -16,7 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use tern_core::server::{Peer, Session, TlsMode};
+use tern_core::replay::Recorder;
+use tern_core::server::{Peer, TlsMode};
 use tern_host::service::{Action, Bound, ConnectionHandler, SHUTDOWN_GRACE, Services, Socket};
 use tern_host::tls::connection_info;
 
@@ -135,7 +136,7 @@ fn accept_loop(
 fn serve(
     services: &Services,
     index: usize,
-    session: &mut Session,
+    session: &mut Recorder,
     handler: &mut ConnectionHandler,
     stream: Plain,
     stop: &AtomicBool,
