@@ -99,6 +99,11 @@ impl Recorder {
         while pos < input.len() {
             let rest = &input[pos..];
             let reading = self.session.reading();
+            // Bytes thrown away before a TLS handshake end there: what follows is read.
+            if matches!(log.line, Some((LineKind::Discarded, _))) && reading != Reading::Discarding
+            {
+                log.end_line(&self.session);
+            }
             let take = log.piece(reading, rest);
             let piece = &rest[..take];
             if log.line.is_none() {

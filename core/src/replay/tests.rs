@@ -210,6 +210,35 @@ RCPT TO:<carol+x@example.net>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
     out
 }
 
+/// Found by fuzzing: bytes thrown away while STARTTLS waits for the handshake, and the rest
+/// of their line read after it, were once redacted as one line.
+#[test]
+fn a_line_across_the_tls_handshake_replays() {
+    let mut config = config(Mode::Smtp);
+    config.tls = TlsMode::Encrypt;
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    let mut recorder = Recorder::new(Arc::new(config), peer(), now);
+    let mut sent = Vec::new();
+    assert_eq!(recorder.receive(now, b"STARTTLS\r\nAB"), 12);
+    while let Some(output) = recorder.poll_output() {
+        sent.push(output);
+    }
+    assert!(sent.contains(&Output::StartTls), "{sent:?}");
+    recorder.handle_tls_established(now);
+    assert_eq!(recorder.receive(now, b"C\nD"), 3);
+    while let Some(output) = recorder.poll_output() {
+        sent.push(output);
+    }
+    assert!(recorder.is_closed(), "{sent:?}");
+    let recording = recorder.recording().unwrap();
+    assert!(
+        recording.contains(" in \\{secret fill 2 0..2}\n"),
+        "{recording}"
+    );
+    replay(&recording, now).unwrap_or_else(|e| panic!("{e}\n{recording}"));
+}
+
 #[test]
 fn every_conversation_replays_exactly() {
     for (name, recording) in conversations() {
