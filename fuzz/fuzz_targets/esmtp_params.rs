@@ -57,8 +57,18 @@ enum Value {
 }
 
 const KNOWN: [&str; 12] = [
-    "8BITMIME", "7BIT", "BINARYMIME", "FULL", "HDRS", "NEVER", "SUCCESS,FAILURE", "DELAY",
-    "rfc822;bob@example.net", "utf-8;b+2Bob@example.net", "<>", "a+2Bb",
+    "8BITMIME",
+    "7BIT",
+    "BINARYMIME",
+    "FULL",
+    "HDRS",
+    "NEVER",
+    "SUCCESS,FAILURE",
+    "DELAY",
+    "rfc822;bob@example.net",
+    "utf-8;b+2Bob@example.net",
+    "<>",
+    "a+2Bb",
 ];
 
 fuzz_target!(|line: Line| {
@@ -66,7 +76,11 @@ fuzz_target!(|line: Line| {
     let result = command::parse(text.as_bytes());
 
     let swapped = swap_keyword_case(&text, &keys);
-    assert_eq!(command::parse(swapped.as_bytes()), result, "{text:?} vs {swapped:?}");
+    assert_eq!(
+        command::parse(swapped.as_bytes()),
+        result,
+        "{text:?} vs {swapped:?}"
+    );
 
     // Only the known keywords count: an arbitrary one may be empty or not a word at all.
     let known: Vec<&String> = line
@@ -77,7 +91,10 @@ fuzz_target!(|line: Line| {
         .filter(|(p, _)| !matches!(p.key, Key::Any(_)))
         .map(|(_, k)| k)
         .collect();
-    let duplicate = known.iter().enumerate().any(|(i, k)| known[..i].contains(k));
+    let duplicate = known
+        .iter()
+        .enumerate()
+        .any(|(i, k)| known[..i].contains(k));
     if duplicate {
         assert!(
             !matches!(result, Ok(Command::Mail(..) | Command::Rcpt(..))),
@@ -103,7 +120,11 @@ fn render(line: &Line) -> (String, Vec<String>) {
         Path::Quoted => "<\"a b\\\"c\"@example.net>".to_owned(),
         Path::Any(s) => s.clone(),
     };
-    let mut text = if line.rcpt { format!("RCPT TO:{path}") } else { format!("MAIL FROM:{path}") };
+    let mut text = if line.rcpt {
+        format!("RCPT TO:{path}")
+    } else {
+        format!("MAIL FROM:{path}")
+    };
     let mut keys = Vec::new();
     for param in line.params.iter().take(8) {
         let key = match &param.key {

@@ -22,7 +22,11 @@ enum Message {
     Raw(Vec<u8>),
     /// Base64 text, as it arrives on the wire, decoded as the session would.
     Encoded(String),
-    Plain { authzid: String, login: String, password: String },
+    Plain {
+        authzid: String,
+        login: String,
+        password: String,
+    },
 }
 
 impl Message {
@@ -30,15 +34,21 @@ impl Message {
         match self {
             Message::Raw(bytes) => Some(bytes.clone()),
             Message::Encoded(text) => BASE64.decode(text).ok(),
-            Message::Plain { authzid, login, password } => {
-                Some(format!("{authzid}\0{login}\0{password}").into_bytes())
-            }
+            Message::Plain {
+                authzid,
+                login,
+                password,
+            } => Some(format!("{authzid}\0{login}\0{password}").into_bytes()),
         }
     }
 }
 
 fuzz_target!(|exchange: Exchange| {
-    let mechanism = if exchange.login { Mechanism::Login } else { Mechanism::Plain };
+    let mechanism = if exchange.login {
+        Mechanism::Login
+    } else {
+        Mechanism::Plain
+    };
     let initial = exchange.initial.as_ref().and_then(Message::bytes);
     let (mut server, mut step) = SaslServer::start(mechanism, initial.as_deref());
     let mut model = Model::new(mechanism);

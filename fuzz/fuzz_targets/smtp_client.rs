@@ -92,7 +92,10 @@ const ADDRESSES: [&str; 4] = [
 ];
 
 fuzz_target!(|case: Case| {
-    let mut config = Config::new("client.example", if case.lmtp { Mode::Lmtp } else { Mode::Smtp });
+    let mut config = Config::new(
+        "client.example",
+        if case.lmtp { Mode::Lmtp } else { Mode::Smtp },
+    );
     config.tls = match case.tls % 3 {
         0 => TlsPolicy::None,
         1 => TlsPolicy::May,
@@ -121,7 +124,10 @@ fuzz_target!(|case: Case| {
     }
     run.check_end();
 
-    let simple = case.ops.iter().all(|op| matches!(op, Op::Raw(_) | Op::Replies(_)));
+    let simple = case
+        .ops
+        .iter()
+        .all(|op| matches!(op, Op::Raw(_) | Op::Replies(_)));
     if simple && !run.tls_started {
         let all: Vec<u8> = pieces.into_iter().flatten().flatten().collect();
         let mut whole = Run::new(config, &case);
@@ -187,7 +193,11 @@ impl Run {
             let used = self.session.receive(self.now, input);
             input = &input[used..];
             let produced = self.drain();
-            stalls = if used == 0 && !produced { stalls + 1 } else { 0 };
+            stalls = if used == 0 && !produced {
+                stalls + 1
+            } else {
+                0
+            };
         }
     }
 
@@ -222,7 +232,9 @@ impl Run {
                         let spec = self.messages.remove(0);
                         let message = message(&spec);
                         self.started.push(message.recipients.len());
-                        self.session.start_message(self.now, message).expect("ready");
+                        self.session
+                            .start_message(self.now, message)
+                            .expect("ready");
                         self.current = Some(spec);
                     }
                 }
@@ -244,13 +256,15 @@ impl Run {
                     let want = self.started.get(self.reports).copied();
                     assert_eq!(Some(report.recipients.len()), want, "{report:?}");
                     self.reports += 1;
-                    self.transcript.extend_from_slice(format!("[report {report:?}]").as_bytes());
+                    self.transcript
+                        .extend_from_slice(format!("[report {report:?}]").as_bytes());
                     self.current = None;
                 }
                 Output::Error(error) => {
                     self.errors += 1;
                     assert_eq!(self.errors, 1, "a second error: {error:?}");
-                    self.transcript.extend_from_slice(format!("[error {error:?}]").as_bytes());
+                    self.transcript
+                        .extend_from_slice(format!("[error {error:?}]").as_bytes());
                 }
                 Output::Close => {
                     self.closed = true;
@@ -264,7 +278,11 @@ impl Run {
     fn check_end(&self) {
         assert!(self.reports <= self.started.len());
         if self.session.is_closed() {
-            assert_eq!(self.reports, self.started.len(), "a started message without a report");
+            assert_eq!(
+                self.reports,
+                self.started.len(),
+                "a started message without a report"
+            );
         }
     }
 }

@@ -13,8 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use tern_core::recipient::Policy;
 use tern_core::replay::{self, Recorder};
 use tern_core::server::{
-    AuthMode, AuthVerdict, Config, DeliveryReport, Lookup, Mode, Output, Peer, RcptOutcome,
-    TlsMode,
+    AuthMode, AuthVerdict, Config, DeliveryReport, Lookup, Mode, Output, Peer, RcptOutcome, TlsMode,
 };
 
 const SIZE_LIMIT: u64 = 4096;
@@ -158,7 +157,11 @@ fn config(case: &Case) -> Config {
         2 => TlsMode::Encrypt,
         _ => TlsMode::Implicit,
     };
-    config.auth = if case.tls % 3 == 0 { AuthMode::Required } else { AuthMode::Optional };
+    config.auth = if case.tls % 3 == 0 {
+        AuthMode::Required
+    } else {
+        AuthMode::Optional
+    };
     config.plaintext_auth = case.tls % 2 == 0;
     config.limits.message_size = SIZE_LIMIT;
     config.limits.errors = 50;
@@ -185,7 +188,10 @@ struct Run {
 impl Run {
     fn new(config: Arc<Config>, answers: u64, record: bool) -> Self {
         let now = Instant::now();
-        let peer = Peer { client: Some([127, 0, 0, 1].into()), local: None };
+        let peer = Peer {
+            client: Some([127, 0, 0, 1].into()),
+            local: None,
+        };
         let mut run = Run {
             session: if record {
                 Recorder::new(config, peer, now)
@@ -243,7 +249,10 @@ impl Run {
         let mut any = false;
         while let Some(output) = self.session.poll_output() {
             any = true;
-            assert!(!self.ended || matches!(output, Output::Close), "{output:?} after the end");
+            assert!(
+                !self.ended || matches!(output, Output::Close),
+                "{output:?} after the end"
+            );
             match output {
                 Output::Send(bytes) => {
                     if bytes.windows(4).any(|w| w == b"521 ") {
@@ -257,7 +266,9 @@ impl Run {
                 }
                 Output::Authenticate(_) => {
                     let verdict = match self.pick(3) {
-                        0 => AuthVerdict::Ok { login: "alice".into() },
+                        0 => AuthVerdict::Ok {
+                            login: "alice".into(),
+                        },
                         1 => AuthVerdict::Fail,
                         _ => AuthVerdict::TempFail,
                     };
