@@ -317,6 +317,14 @@ fn bad_recordings_are_parse_errors() {
         ("tern-replay 1\nmode smtp\nlimits errors=x\nevents\n", 3),
         ("tern-replay 1\nmode smtp\nevents\n0.5 in x\n", 4),
         (
+            "tern-replay 1\nmode smtp\nevents\n18446744073709551615.000000000 timeout\n",
+            4,
+        ),
+        (
+            "tern-replay 1\nmode smtp\nlimits data_timeout=9999999999.000000000\nevents\n",
+            3,
+        ),
+        (
             "tern-replay 1\nmode smtp\nevents\n0.000000000 frobnicate\n",
             4,
         ),

@@ -13,6 +13,9 @@ use crate::server::{
     AuthMode, AuthVerdict, Config, DeliveryReport, Lookup, Peer, RcptOutcome, TlsMode,
 };
 
+/// The longest time a recording may name: about 31 years.
+const MAX_SECONDS: u64 = 1_000_000_000;
+
 /// The first line of every recording.
 pub(super) const MAGIC: &str = "tern-replay 1";
 
@@ -158,6 +161,10 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let secs: u64 = secs.parse().map_err(|_| bad())?;
     let nanos: u32 = nanos.parse().map_err(|_| bad())?;
+    // Far beyond any session, and far from overflowing an `Instant`.
+    if secs > MAX_SECONDS {
+        return Err(format!("`{text}` is more than {MAX_SECONDS} seconds"));
+    }
     Ok(Duration::new(secs, nanos))
 }
 
