@@ -83,6 +83,8 @@ fn describe(step: &Step) -> String {
             c.password.expose()
         ),
         Step::Malformed => "malformed".to_owned(),
+        // SCRAM's steps; PLAIN and LOGIN never take them.
+        other => format!("unexpected {other:?}"),
     }
 }
 

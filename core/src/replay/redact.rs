@@ -110,7 +110,7 @@ pub(super) fn redact_line(
     let mut next = None;
 
     match kind {
-        LineKind::Discarded => return (vec![fill(0, line.len())], None),
+        LineKind::Discarded => return (keep_line_ends(line, vec![fill(0, line.len())]), None),
         LineKind::SaslResponse => {
             if content.is_empty() || content == b"*" {
                 next = sasl.map(|state| advance(state, &[]).1);
@@ -170,7 +170,36 @@ pub(super) fn redact_line(
     }
     out.sort_by_key(|r| r.start);
     out.retain(|r| r.start < r.end);
-    (out, next)
+    (keep_line_ends(line, out), next)
+}
+
+/// Cuts every CR and LF out of the stretches to redact: they are no secret, and a replay needs
+/// them where they were, since a bare one ends the session.
+fn keep_line_ends(line: &[u8], redactions: Vec<Redaction>) -> Vec<Redaction> {
+    let mut out = Vec::with_capacity(redactions.len());
+    for redaction in redactions {
+        let mut start = redaction.start;
+        for at in redaction.start..redaction.end {
+            if line[at] == b'\r' || line[at] == b'\n' {
+                if start < at {
+                    out.push(Redaction {
+                        start,
+                        end: at,
+                        class: redaction.class,
+                    });
+                }
+                start = at + 1;
+            }
+        }
+        if start < redaction.end {
+            out.push(Redaction {
+                start,
+                end: redaction.end,
+                class: redaction.class,
+            });
+        }
+    }
+    out
 }
 
 /// A stand-in of `len` octets for a payload of class `class`.
@@ -416,8 +445,15 @@ mod tests {
     fn the_rest_of_a_line_after_a_bare_cr_is_hidden_too() {
         let line = b"AUTH PLAIN abc\rdef\r\n";
         let (redactions, _) = redact_line(LineKind::Command, line, None);
-        assert_eq!(redactions.last().unwrap().start, 15);
-        assert_eq!(redactions.last().unwrap().end, line.len());
-        assert!(redactions.iter().all(|r| r.start != 14 && r.end != 15));
+        // `def` is hidden; the line ends stay, since a replay needs them where they were.
+        let last = redactions.last().unwrap();
+        assert_eq!((last.start, last.end), (15, 18));
+        for r in &redactions {
+            assert!(
+                line[r.start..r.end]
+                    .iter()
+                    .all(|&b| b != b'\r' && b != b'\n')
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::*;
 use crate::recipient::{Aliases, Policy};
-use crate::server::{RcptOutcome, TlsMode};
+use crate::server::{AuthMode, RcptOutcome, TlsMode};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -245,6 +245,50 @@ fn a_line_across_the_tls_handshake_replays() {
         "{recording}"
     );
     replay(&recording, now).unwrap_or_else(|e| panic!("{e}\n{recording}"));
+}
+
+/// Found by the `smtp_server` fuzz target: a SASL response with a bare CR or LF was redacted
+/// whole, line end included, so its replay did not end the session as the original had.
+#[test]
+fn a_bare_line_end_inside_a_sasl_response_replays() {
+    // The fuzz case: the bare CRs end the input, after five LHLOs and AUTH LOGIN.
+    let fuzz_case = b"LHLO c\r\nLHLO c\r\nLHLO c\r\nLHLO c\r\nLHLO c\r\nAUTH LOGIN\r\n\r\r";
+    let mut lmtp = config(Mode::Lmtp);
+    lmtp.auth = AuthMode::Required;
+    lmtp.plaintext_auth = true;
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    let mut recorder = Recorder::new(Arc::new(lmtp), peer(), now);
+    let mut rest = &fuzz_case[..];
+    while !rest.is_empty() {
+        let used = recorder.receive(now, rest);
+        rest = &rest[used..];
+        let mut any = false;
+        while recorder.poll_output().is_some() {
+            any = true;
+        }
+        assert!(used > 0 || any, "stuck");
+    }
+    assert!(recorder.is_closed());
+    let recording = recorder.recording().unwrap();
+    replay(&recording, now).unwrap_or_else(|e| panic!("{e}\n{recording}"));
+
+    for response in [&b"x\n"[..], b"\nx", b"\r\r", b"\n\n", b"ab\rc\r\n", b"\r"] {
+        let mut config = config(Mode::Lmtp);
+        config.auth = AuthMode::Required;
+        config.plaintext_auth = true;
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let mut recorder = Recorder::new(Arc::new(config), peer(), now);
+        let mut input = b"LHLO c\r\nAUTH LOGIN\r\n".to_vec();
+        input.extend_from_slice(response);
+        input.extend_from_slice(b"NOOP\r\n");
+        let used = recorder.receive(now, &input);
+        while recorder.poll_output().is_some() {}
+        assert_eq!(used, input.len(), "{response:?}");
+        let recording = recorder.recording().unwrap();
+        replay(&recording, now).unwrap_or_else(|e| panic!("{response:?}: {e}\n{recording}"));
+    }
 }
 
 #[test]
