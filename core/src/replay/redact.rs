@@ -179,17 +179,20 @@ fn keep_line_ends(line: &[u8], redactions: Vec<Redaction>) -> Vec<Redaction> {
     let mut out = Vec::with_capacity(redactions.len());
     for redaction in redactions {
         let mut start = redaction.start;
-        for at in redaction.start..redaction.end {
-            if line[at] == b'\r' || line[at] == b'\n' {
-                if start < at {
-                    out.push(Redaction {
-                        start,
-                        end: at,
-                        class: redaction.class,
-                    });
-                }
-                start = at + 1;
+        let stretch = &line[redaction.start..redaction.end];
+        for at in stretch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &b)| (b == b'\r' || b == b'\n').then_some(redaction.start + i))
+        {
+            if start < at {
+                out.push(Redaction {
+                    start,
+                    end: at,
+                    class: redaction.class,
+                });
             }
+            start = at + 1;
         }
         if start < redaction.end {
             out.push(Redaction {
