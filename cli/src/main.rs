@@ -4,6 +4,11 @@
 //! address), 2 a usage or configuration error.
 //!
 //! All three runtimes exist: blocking, smol (the default) and mio.
+//!
+//! Run under the name `sendmail` (argv[0]), tern acts as `tern sendmail`. `tern sendmail`
+//! exits as sendmail(1) does: 0 when the message is in the maildrop, 64 (EX_USAGE) for bad
+//! arguments or no recipients, 65 (EX_DATAERR) for an unreadable message, 67 (EX_NOUSER)
+//! for a malformed address, 73 (EX_CANTCREAT) when the maildrop cannot be written.
 
 use std::io::{self, BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -97,6 +102,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Replay a recorded session through the state machine and compare every output.
+    Replay {
+        /// A recording written by a listener with `record_sessions`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +177,7 @@ fn main() -> ExitCode {
                 recipients,
             )
         }
+        Command::Replay { file } => replay(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +188,35 @@ fn main() -> ExitCode {
         Err(failure) => {
             eprintln!("tern: {}", failure.message);
             ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// SPEC.md section 8: exit 0 when every output matched, 1 at the first that differed (or an
+/// unreadable file), 2 when the file is not a recording.
+fn replay(path: &Path) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure {
+        code: 1,
+        message: format!("{}: {e}", path.display()),
+        located: false,
+    })?;
+    let recording = tern_core::replay::Recording::parse(&text).map_err(|e| Failure {
+        code: 2,
+        message: format!("{}:{e}", path.display()),
+        located: true,
+    })?;
+    match recording.replay(std::time::Instant::now()) {
+        Ok(summary) => {
+            println!("replay: {} events, all outputs matched", summary.events);
+            Ok(())
+        }
+        Err(mismatch) => {
+            println!("replay: {mismatch}");
+            Err(Failure {
+                code: 1,
+                message: format!("{}: an output differs from the recording", path.display()),
+                located: false,
+            })
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod dsn;
 pub mod net;
 pub mod policy;
 pub mod recipient;
+pub mod replay;
 pub mod reply;
 pub mod sasl;
 pub mod server;
