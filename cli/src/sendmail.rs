@@ -10,8 +10,10 @@
 
 use std::io::{self, Read};
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tern_core::address::Mailbox;
+use tern_host::clock::rfc5322_date;
 use tern_host::queue::maildrop::{self, Drop};
 
 use super::{Failure, config_or_default};
@@ -69,6 +71,7 @@ pub(super) fn run(
         }
     };
 
+    let text = add_missing_headers(&text, &sender, &domain, SystemTime::now());
     maildrop::write(
         &config.data_dir,
         &Drop {
@@ -118,6 +121,58 @@ fn crlf_lines(input: &[u8], dot_ends: bool) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// Puts `From:` (the sender), `Date:` and `Message-ID:` before the text when its header
+/// lacks them, as Postfix's cleanup does for local submissions: many receiving servers
+/// refuse mail without them.
+fn add_missing_headers(text: &[u8], sender: &str, domain: &str, now: SystemTime) -> Vec<u8> {
+    let end = memchr::memmem::find(text, b"\r\n\r\n").map_or(text.len(), |at| at + 2);
+    let header = String::from_utf8_lossy(&text[..end]).to_ascii_lowercase();
+    let has = |name: &str| {
+        header.split("\r\n").any(|line| {
+            line.split_once(':')
+                .is_some_and(|(n, _)| n.trim_end() == name)
+        })
+    };
+    let mut added = String::new();
+    if !has("from") {
+        let from = if sender.is_empty() {
+            "MAILER-DAEMON"
+        } else {
+            sender
+        };
+        added.push_str(&format!("From: <{from}>\r\n"));
+    }
+    if !has("date") {
+        added.push_str(&format!("Date: {}\r\n", rfc5322_date(now)));
+    }
+    if !has("message-id") {
+        let stamp = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        added.push_str(&format!(
+            "Message-ID: <{}.{}.{}@{domain}>\r\n",
+            stamp.as_secs(),
+            stamp.subsec_nanos(),
+            std::process::id()
+        ));
+    }
+    // A text that starts with its body (no header at all) gets the empty line after them.
+    let body_first = !text.is_empty() && end == text.len() && !has_header_syntax(text);
+    let mut out = added.into_bytes();
+    if body_first {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(text);
+    out
+}
+
+/// Whether the text begins with a header field (`Name:`).
+fn has_header_syntax(text: &[u8]) -> bool {
+    let name_len = text
+        .iter()
+        .take_while(|&&b| b.is_ascii_graphic() && b != b':')
+        .count();
+    name_len > 0 && text.get(name_len) == Some(&b':')
 }
 
 /// The addresses in To:, Cc: and Bcc:, and the text without its Bcc: fields.
@@ -251,6 +306,36 @@ mod tests {
         assert_eq!(
             address_list("undisclosed-recipients:;"),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn missing_from_date_and_message_id_are_added() {
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_796_311_491);
+        let out = add_missing_headers(
+            b"Subject: x\r\n\r\nbody\r\n",
+            "bob@example.net",
+            "example.net",
+            now,
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("From: <bob@example.net>\r\nDate: Thu, 3 Dec 2026"),
+            "{out}"
+        );
+        assert!(out.contains("Message-ID: <1796311491.0."), "{out}");
+        assert!(
+            out.ends_with("@example.net>\r\nSubject: x\r\n\r\nbody\r\n"),
+            "{out}"
+        );
+
+        let full = b"From: a@b\r\nDate: x\r\nMessage-Id: <1@b>\r\n\r\nbody\r\n";
+        assert_eq!(add_missing_headers(full, "a@b", "b", now), full);
+        let bare = add_missing_headers(b"just text\r\n", "a@b", "b", now);
+        assert!(
+            String::from_utf8(bare)
+                .unwrap()
+                .contains(">\r\n\r\njust text\r\n")
         );
     }
 

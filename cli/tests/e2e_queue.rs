@@ -485,6 +485,13 @@ fn sendmail_drops_mail_that_the_server_delivers() {
         text.ends_with("Subject: while down\nTo: bob\n\nline one\nline two\n"),
         "{text}"
     );
+    // What Postfix's cleanup adds to local submissions.
+    assert!(
+        text.contains("\nFrom: <alice@example.net>\nDate: "),
+        "{text}"
+    );
+    assert!(text.contains("\nMessage-ID: <"), "{text}");
+    wait_log(&fx, "uid=0 from=<alice@example.net>");
 
     // -t: To and Bcc are recipients, Bcc is removed, a remote Cc is relayed.
     tern(

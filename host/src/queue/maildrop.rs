@@ -14,7 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -160,7 +160,8 @@ pub(super) fn pick_up(services: &Services) {
         };
         match services.submit(submission) {
             Ok(id) => {
-                log.write("pickup", &format!("{id}: uid=0 from=<{}>", drop.sender));
+                let uid = fs::metadata(&path).map_or(0, |m| m.uid());
+                log.write("pickup", &format!("{id}: uid={uid} from=<{}>", drop.sender));
                 if let Err(e) = fs::remove_file(&path) {
                     log.write("pickup", &format!("warning: {}: {e}", path.display()));
                 }

@@ -54,6 +54,8 @@
 //!   has become `maildir` meanwhile they wait until they expire.
 //! - Notifications to local senders go into the Maildir even with `delivery.local =
 //!   "lmtp:..."`.
+//! - At shutdown the delivery threads are not waited for: a message in the middle of a
+//!   transfer is sent again after the restart, unless the server's reply was recorded.
 //! - Worker threads are not pooled: one per destination batch, at most
 //!   [`DESTINATION_CONCURRENCY`] per destination, with no cap across destinations.
 
