@@ -974,3 +974,27 @@ fn notifications_follow_notify_and_the_null_sender_goes_to_postmaster() {
         "only the NOTIFY=SUCCESS message arrived"
     );
 }
+
+#[test]
+fn verify_refuses_a_self_signed_certificate() {
+    let receiving = Fixture::new();
+    let inbound = receiving.serve();
+    let relay = inbound.addr("smtp");
+    let fx = Fixture::new();
+    fx.edit_config(|text| {
+        text.replace(
+            r#"domains = ["mx.test", "example.net"]"#,
+            r#"domains = ["example.net"]"#,
+        )
+        .replace(
+            "trusted_networks = []",
+            r#"trusted_networks = ["127.0.0.0/8"]"#,
+        ) + &format!("\n[delivery]\nrelay_host = \"{relay}\"\nrelay_tls = \"verify\"\n")
+    });
+    let server = serve(&fx);
+    let id = send(&server, "alice@example.net", &["bob@mx.test"], "verify");
+    let log = wait_log(&fx, &format!("{id}: to=<bob@mx.test>"));
+    assert!(log.contains("status=deferred"), "{log}");
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    assert!(read_files(&receiving.new_dir("bob")).is_empty());
+}
