@@ -516,7 +516,11 @@ fn sendmail_drops_mail_that_the_server_delivers() {
     assert_eq!(status.status.code(), Some(64));
 
     // s-nail, told to use tern sendmail as its MTA.
-    if Command::new("s-nail").arg("-V").output().is_ok() {
+    assert!(
+        Command::new("s-nail").arg("-V").output().is_ok(),
+        "s-nail is missing: run .ci/run, which installs it"
+    );
+    {
         let mut child = Command::new("s-nail")
             .args(["-:/", "-S"])
             .arg(format!("mta={}", tern_bin()))
