@@ -151,9 +151,6 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
     let users_file = config.accounts.file.clone();
     let services = Arc::new(Services::new(config).map_err(runtime_err)?);
     let bound = services.bind().map_err(runtime_err)?;
-    for name in services.unsupported_listeners() {
-        eprintln!("tern: listener {name}: the dovecot-auth protocol is not implemented yet");
-    }
 
     let listeners: Vec<(String, String)> = bound
         .iter()

@@ -11,6 +11,10 @@
 //! reading again, a [`Driver`] says what comes next (a stop, the session's timer, the input
 //! read ahead).
 //!
+//! A `dovecot-auth` listener runs no SMTP session: for each connection it accepts
+//! ([`Services::is_dovecot_auth`]), a runtime calls [`serve_auth_connection`] on a thread of
+//! its own.
+//!
 //! Known limits of this first version:
 //! - There is no outbound queue yet. A message with a recipient in another domain (one that
 //!   the restrictions permitted, or an alias that points elsewhere) is not delivered at
@@ -18,13 +22,14 @@
 //!   `status=deferred (outbound delivery not implemented)`.
 //! - `reject_unknown_recipient_domain` resolves `domain:25` with the system resolver (A and
 //!   AAAA records); MX records are not consulted yet.
-//! - `accounts.dovecot_auth` and `accounts.dovecot_userdb` are refused at start, and
-//!   `dovecot-auth` listeners are not started.
 //! - With `delivery.local = "lmtp:..."` (see `lmtp_out`), recipients that the LMTP server
 //!   refuses while it takes others are only logged on an SMTP listener: neither retried nor
 //!   bounced, as long as there is no queue.
+//! - With `accounts.dovecot_auth`, SCRAM-SHA-256 is not offered: Dovecot's auth socket
+//!   only checks a password (PLAIN), it does not give out SCRAM keys.
 //! - `record_sessions` is ignored.
 
+mod auth;
 mod connection;
 mod drive;
 mod embedded;
@@ -39,15 +44,18 @@ use std::fs::DirBuilder;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
+use tern_core::dovecot;
 use tern_core::recipient::{Aliases, Policy};
 use tern_core::reply::{Mode, Reply};
 use tern_core::sasl::{Mechanism, ScramSecret};
 use tern_core::server::{self, AuthMode, Peer, Session, TlsMode};
 
+pub use self::auth::{AuthHandler, AuthStream, open_auth, serve_auth_connection};
 pub use self::connection::{Action, Answer, ConnectionHandler, Work};
 pub use self::drive::{Driver, MAX_PENDING, Step, handshake_deadline};
 pub use self::embedded::{Embedded, embedded};
@@ -78,6 +86,10 @@ pub struct Services {
     /// Salts SCRAM keys made from `{PLAIN}` passwords; kept in `data_dir` so they stay the
     /// same across restarts.
     scram_secret: Vec<u8>,
+    /// What every dovecot-auth connection shares; `None` when no listener needs it.
+    auth_server: Option<Arc<dovecot::ServerConfig>>,
+    /// Numbers dovecot-auth connections for their `CUID` line.
+    auth_connections: AtomicU32,
 }
 
 /// A connection that was admitted; dropping it frees its place in the connection limits.
@@ -129,13 +141,16 @@ impl Services {
         };
         let scram_secret = load_scram_secret(&config.data_dir)?;
         // SPEC.md section 4: SCRAM-SHA-256 is offered only where it can succeed, which needs
-        // an account whose stored password can give SCRAM keys. The check is made at start.
-        let scram = accounts.as_ref().is_some_and(|accounts| {
-            accounts
-                .users()
-                .iter()
-                .any(|a| crate::password::serves_scram(&a.password))
-        });
+        // an account whose stored password can give SCRAM keys, and tern checking passwords
+        // itself. The check is made at start.
+        let own_passwords = config.accounts.dovecot_auth.is_none();
+        let scram = own_passwords
+            && accounts.as_ref().is_some_and(|accounts| {
+                accounts
+                    .users()
+                    .iter()
+                    .any(|a| crate::password::serves_scram(&a.password))
+            });
         let sessions = config
             .listeners
             .iter()
@@ -149,8 +164,23 @@ impl Services {
                 })
             })
             .collect();
+        let auth_server = config
+            .listeners
+            .iter()
+            .any(|l| l.protocol == Protocol::DovecotAuth)
+            .then(|| {
+                let mut server = dovecot::ServerConfig::new(std::process::id());
+                server.failure_delay = config.limits.auth_failure_delay;
+                if scram {
+                    server.mechanisms.push(Mechanism::ScramSha256);
+                    server.scram_secret = Some(ScramSecret::new(scram_secret.clone()));
+                }
+                Arc::new(server)
+            });
 
         let services = Services {
+            auth_server,
+            auth_connections: AtomicU32::new(0),
             maildirs: Maildirs::new(&config.hostname),
             queue_ids: QueueIds::new(),
             counts: Mutex::new(Counts::default()),
@@ -181,33 +211,30 @@ impl Services {
         self.tls.as_ref()
     }
 
-    /// The session configuration of listener `index`; `None` for a protocol that has no
-    /// session yet (`dovecot-auth`).
+    /// The session configuration of listener `index`; `None` for a dovecot-auth listener,
+    /// which runs no session.
     pub fn session_config(&self, index: usize) -> Option<&Arc<server::Config>> {
         self.sessions.get(index).and_then(Option::as_ref)
     }
 
-    /// Listeners that are in the configuration but are not started, by name.
-    pub fn unsupported_listeners(&self) -> Vec<&str> {
+    /// Whether listener `index` speaks the Dovecot auth protocol: its connections go to
+    /// [`serve_auth_connection`], not to [`Services::open_session`].
+    pub fn is_dovecot_auth(&self, index: usize) -> bool {
+        self.config
+            .listeners
+            .get(index)
+            .is_some_and(|l| l.protocol == Protocol::DovecotAuth)
+    }
+
+    /// Binds the socket of every listener; the first failure is returned as
+    /// `cannot listen on ADDRESS: reason`.
+    pub fn bind(&self) -> Result<Vec<Bound>, StartError> {
         self.config
             .listeners
             .iter()
-            .zip(&self.sessions)
-            .filter(|(_, session)| session.is_none())
-            .map(|(listener, _)| listener.name.as_str())
+            .enumerate()
+            .map(|(index, listener)| listen::bind(index, listener))
             .collect()
-    }
-
-    /// Binds the socket of every listener that has a session; the first failure is returned
-    /// as `cannot listen on ADDRESS: reason`.
-    pub fn bind(&self) -> Result<Vec<Bound>, StartError> {
-        let mut bound = Vec::new();
-        for (index, listener) in self.config.listeners.iter().enumerate() {
-            if self.sessions[index].is_some() {
-                bound.push(listen::bind(index, listener)?);
-            }
-        }
-        Ok(bound)
     }
 
     /// Takes a place for a new connection on listener `index`, or refuses it when the
@@ -270,7 +297,7 @@ impl Services {
     ///
     /// # Panics
     ///
-    /// If the admission's listener has no session configuration (it was never bound).
+    /// If the admission's listener is a dovecot-auth listener, which runs no session.
     pub fn open_session(
         self: &Arc<Self>,
         admission: Admission,
@@ -280,7 +307,7 @@ impl Services {
     ) -> (Session, ConnectionHandler) {
         let config = self.sessions[admission.listener]
             .clone()
-            .expect("only listeners with a session are bound");
+            .expect("a runtime opens sessions only on smtp and lmtp listeners");
         let session = Session::new(config, peer, now);
         let handler = ConnectionHandler::new(Arc::clone(self), admission, peer, tls);
         (session, handler)
@@ -426,14 +453,13 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
 /// A feature the configuration asks for that this version cannot do: better to refuse to
 /// start than to run without it.
 fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    if config.accounts.file.is_none() {
+    let accounts = &config.accounts;
+    if accounts.file.is_none()
+        && (accounts.dovecot_auth.is_none() || accounts.dovecot_userdb.is_none())
+    {
         return Err(StartError(
-            "[accounts] file is needed: it is the only account source so far".into(),
-        ));
-    }
-    if config.accounts.dovecot_auth.is_some() || config.accounts.dovecot_userdb.is_some() {
-        return Err(StartError(
-            "accounts.dovecot_auth and accounts.dovecot_userdb are not implemented yet".into(),
+            "[accounts] file is needed, unless dovecot_auth and dovecot_userdb are both given"
+                .into(),
         ));
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! The blocking runtime: one thread accepts on each listener, one thread runs each
-//! connection, with `std::net` sockets and `rustls::StreamOwned` for TLS.
+//! connection, with `std::net` sockets and `rustls::StreamOwned` for TLS. A dovecot-auth
+//! connection's thread runs `serve_auth_connection` from the host crate.
 //!
 //! Each connection thread reads with a socket timeout of at most [`POLL`], so it notices
 //! the session's timers and a stop request within that time. On SIGTERM or SIGINT the
@@ -19,7 +20,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use tern_core::server::{Peer, Session, TlsMode};
 use tern_host::service::{
     Action, Bound, ConnectionHandler, Driver, SHUTDOWN_GRACE, Services, Socket, Step,
-    handshake_deadline,
+    handshake_deadline, serve_auth_connection,
 };
 use tern_host::tls::connection_info;
 
@@ -99,6 +100,22 @@ fn accept_loop(
                 continue;
             }
         };
+
+        if services.is_dovecot_auth(bound.listener) {
+            // An auth connection holds no mail: shutdown does not wait for it.
+            let services = Arc::clone(services);
+            let index = bound.listener;
+            let spawned = thread::Builder::new()
+                .name(format!("auth-{}", bound.name))
+                .spawn(move || match stream {
+                    Plain::Unix(stream) => serve_auth_connection(&services, index, stream),
+                    Plain::Tcp(stream) => serve_auth_connection(&services, index, stream),
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(listener = %bound.name, error = %e, "cannot start a thread");
+            }
+            continue;
+        }
 
         let admission = match services.admit(bound.listener, peer.client) {
             Ok(admission) => admission,

@@ -28,7 +28,7 @@ use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tern_core::server::{Peer, TlsMode};
-use tern_host::service::{Bound, SHUTDOWN_GRACE, Services, Socket};
+use tern_host::service::{Bound, SHUTDOWN_GRACE, Services, Socket, serve_auth_connection};
 
 use crate::conn::{Conn, Cx, Stream};
 use crate::pool::{Job, Pool};
@@ -199,6 +199,33 @@ impl EventLoop {
                     return;
                 }
             };
+            // A dovecot-auth connection is served by the host's blocking driver on a thread
+            // of its own (it admits itself): Postfix keeps only a few of them open.
+            if self.services.is_dovecot_auth(index) {
+                let services = Arc::clone(&self.services);
+                let spawned = match stream {
+                    Stream::Tcp(stream) => {
+                        let stream = std::net::TcpStream::from(stream);
+                        stream.set_nonblocking(false).map(|()| {
+                            std::thread::spawn(move || {
+                                serve_auth_connection(&services, index, stream)
+                            });
+                        })
+                    }
+                    Stream::Unix(stream) => {
+                        let stream = StdUnixStream::from(stream);
+                        stream.set_nonblocking(false).map(|()| {
+                            std::thread::spawn(move || {
+                                serve_auth_connection(&services, index, stream)
+                            });
+                        })
+                    }
+                };
+                if let Err(e) = spawned {
+                    tracing::warn!(listener = index, error = %e, "auth connection failed");
+                }
+                continue;
+            }
             let admission = match self.services.admit(index, peer.client) {
                 Ok(admission) => admission,
                 Err(refusal) => {

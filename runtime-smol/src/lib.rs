@@ -30,7 +30,7 @@ use smol::{Async, Executor, Timer};
 use tern_core::server::{Peer, Session, TlsMode};
 use tern_host::service::{
     Action, Admission, Answer, Bound, ConnectionHandler, Driver, SHUTDOWN_GRACE, Services, Socket,
-    Step, Work, handshake_deadline,
+    Step, Work, handshake_deadline, serve_auth_connection,
 };
 use tern_host::tls::connection_info;
 
@@ -117,6 +117,9 @@ async fn accept_loop(
     stop: Receiver<()>,
     alive: Sender<()>,
 ) {
+    if services.is_dovecot_auth(index) {
+        return auth_accept_loop(services, index, listener, stop).await;
+    }
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -148,6 +151,38 @@ async fn accept_loop(
             }),
         };
         task.detach();
+    }
+}
+
+/// Accepts on a `dovecot-auth` listener: each connection is served by the host's blocking
+/// driver on a thread of its own (it admits itself), as Postfix keeps only a few of them open.
+async fn auth_accept_loop(
+    services: Arc<Services>,
+    index: usize,
+    listener: Listener,
+    stop: Receiver<()>,
+) {
+    loop {
+        let accepted = async { Some(listener.accept_std().await) }
+            .or(async {
+                let _ = stop.recv().await;
+                None
+            })
+            .await;
+        let services = Arc::clone(&services);
+        match accepted {
+            None => return,
+            Some(Ok(AuthConn::Unix(stream))) => {
+                thread::spawn(move || serve_auth_connection(&services, index, stream));
+            }
+            Some(Ok(AuthConn::Tcp(stream))) => {
+                thread::spawn(move || serve_auth_connection(&services, index, stream));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(listener = index, error = %e, "accept failed");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
@@ -344,7 +379,28 @@ enum Listener {
     Unix(Async<UnixListener>),
 }
 
+/// A `dovecot-auth` connection, back in blocking mode for the host's driver.
+enum AuthConn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
 impl Listener {
+    async fn accept_std(&self) -> io::Result<AuthConn> {
+        Ok(match self {
+            Listener::Tcp(listener) => {
+                let stream = listener.accept().await?.0.into_inner()?;
+                stream.set_nonblocking(false)?;
+                AuthConn::Tcp(stream)
+            }
+            Listener::Unix(listener) => {
+                let stream = listener.accept().await?.0.into_inner()?;
+                stream.set_nonblocking(false)?;
+                AuthConn::Unix(stream)
+            }
+        })
+    }
+
     async fn accept(&self) -> io::Result<(Conn, Peer)> {
         Ok(match self {
             Listener::Tcp(listener) => {

@@ -442,8 +442,16 @@ impl Session {
                 self.reply(reply);
             }
             Mode::Lmtp => {
-                // RFC 2033 section 4.2: one reply per successful RCPT, in RCPT order.
-                for (n, &index) in tx.order.iter().enumerate() {
+                // RFC 2033 section 4.2: one reply per successful RCPT, in RCPT order. The
+                // command counts as a success when any recipient got its copy.
+                let delivered = tx
+                    .order
+                    .iter()
+                    .any(|&i| outcome(i) == Some(RcptOutcome::Delivered));
+                if let Some(verb) = self.current.take() {
+                    self.counts.record(verb, delivered);
+                }
+                for &index in &tx.order {
                     let recipient = tx.recipients[index].address.clone();
                     let reply = match outcome(index).unwrap_or(RcptOutcome::TempFailure) {
                         RcptOutcome::Delivered => Reply::Delivered { recipient },
@@ -452,11 +460,7 @@ impl Session {
                         RcptOutcome::UnknownUser => Reply::DeliveryUnknownUser(recipient),
                         RcptOutcome::Rejected => Reply::DeliveryRejected,
                     };
-                    if n + 1 < tx.order.len() {
-                        self.reply_intermediate(reply);
-                    } else {
-                        self.reply(reply);
-                    }
+                    self.reply_intermediate(reply);
                 }
             }
         }

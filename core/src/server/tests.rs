@@ -1077,6 +1077,12 @@ fn lmtp_answers_once_per_recipient() {
     assert_eq!(h.transcript, expected);
     assert_eq!(h.envelopes[0].recipients.len(), 2);
     assert_eq!(h.envelopes[0].protocol, "LMTP");
+    // One recipient's failure after the data does not make DATA a failed command.
+    assert!(
+        h.session.command_summary().contains(" data=1 "),
+        "{}",
+        h.session.command_summary()
+    );
 
     h.feed(b"EHLO c\r\nHELO c\r\n");
     assert_ends(

@@ -3,11 +3,12 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::net::ToSocketAddrs;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tern_core::address::ReversePath;
+use tern_core::dovecot::{AuthRequest, AuthResult};
 use tern_core::recipient::Destination;
 use tern_core::reply::Mode;
 use tern_core::sasl::{Credentials, ScramLookup, ScramNonce};
@@ -18,6 +19,7 @@ use tern_core::server::{
 use super::{Admission, Services, lmtp_out};
 use crate::accounts::{self, expand_mailbox_path};
 use crate::config::LocalDelivery;
+use crate::dovecot;
 use crate::headers::{self, ReceivedInfo};
 use crate::log::client_name;
 use crate::maildir::{Copy, DeliveryError, Spool};
@@ -140,13 +142,23 @@ impl ConnectionHandler {
     pub fn work(&mut self, work: Work) -> Option<Answer> {
         match work.0 {
             Output::Authenticate(credentials) => {
-                Some(Answer::Auth(self.authenticate(&credentials)))
+                let context = AuthContext {
+                    client: self.peer.client,
+                    local: self.peer.local,
+                    secured: self.tls.is_some(),
+                };
+                let log_as = self.log_name();
+                let verdict = authenticate(&self.services, &credentials, &context, log_as);
+                Some(Answer::Auth(verdict))
             }
             Output::CheckRecipient(account) => {
                 Some(Answer::Recipient(self.check_account(&account)))
             }
             Output::CheckDomain(domain) => Some(Answer::Domain(resolve_domain(&domain))),
-            Output::LookupScram(login) => Some(self.lookup_scram(&login)),
+            Output::LookupScram(login) => {
+                let (lookup, nonce) = lookup_scram(&self.services, &login);
+                Some(Answer::Scram(lookup, nonce))
+            }
             Output::AuthFailed(mechanism) => {
                 let client = client_name(self.peer.client);
                 self.log(&format!(
@@ -182,68 +194,14 @@ impl ConnectionHandler {
         ));
     }
 
-    fn authenticate(&self, credentials: &Credentials) -> AuthVerdict {
-        let Some(accounts) = &self.services.accounts else {
-            return AuthVerdict::TempFail;
-        };
-        let verdict = accounts.verify(&credentials.login, credentials.password.expose());
-
-        // Logging in as someone else (an authzid naming another user) is not offered.
-        let other_identity = !credentials.authzid.is_empty()
-            && accounts.lookup_key(&credentials.authzid) != accounts.lookup_key(&credentials.login);
-        let client = client_name(self.peer.client);
-        let mechanism = credentials.mechanism;
-        match verdict {
-            accounts::Verdict::Ok(account) if !other_identity => AuthVerdict::Ok {
-                login: account.user,
-            },
-            accounts::Verdict::Ok(_) | accounts::Verdict::Fail => {
-                self.log(&format!(
-                    "warning: {client}: SASL {mechanism} authentication failed: \
-                     authentication failure"
-                ));
-                AuthVerdict::Fail
-            }
-            accounts::Verdict::TempFail => {
-                self.log(&format!(
-                    "warning: {client}: SASL {mechanism} authentication temporarily unavailable"
-                ));
-                AuthVerdict::TempFail
-            }
-        }
-    }
-
-    /// SCRAM keys for `login`. An account without them, or marked `nologin`, answers as an
-    /// unknown user would, so the exchange fails at the proof like a wrong password.
-    fn lookup_scram(&self, login: &str) -> Answer {
-        let mut random = [0u8; 18];
-        let nonce_ok = getrandom::fill(&mut random).is_ok();
-        let nonce = ScramNonce::from_random(&random);
-        let lookup = match &self.services.accounts {
-            _ if !nonce_ok => ScramLookup::TempFail,
-            None => ScramLookup::TempFail,
-            Some(accounts) => match accounts.lookup(login) {
-                Some(account) if !account.extra.iter().any(|(key, _)| key == "nologin") => {
-                    let secret = &self.services.scram_secret;
-                    match crate::password::scram_credentials(&account.password, login, secret) {
-                        Some(credentials) => ScramLookup::Found {
-                            account: account.user,
-                            credentials,
-                        },
-                        None => ScramLookup::UnknownUser,
-                    }
-                }
-                _ => ScramLookup::UnknownUser,
-            },
-        };
-        Answer::Scram(lookup, nonce)
-    }
-
     fn check_account(&self, account: &str) -> Lookup {
-        match &self.services.accounts {
-            Some(accounts) if accounts.lookup(account).is_some() => Lookup::Found,
-            Some(_) => Lookup::NotFound,
-            None => Lookup::TempFail,
+        match find_account(&self.services, account) {
+            Ok(Some(_)) => Lookup::Found,
+            Ok(None) => Lookup::NotFound,
+            Err(reason) => {
+                self.log(&format!("warning: {account}: user lookup failed: {reason}"));
+                Lookup::TempFail
+            }
         }
     }
 
@@ -447,12 +405,118 @@ impl ConnectionHandler {
 
     /// Logs as `smtpd`, or as `lmtp` on an LMTP listener.
     fn log(&self, text: &str) {
-        let service = match self.mode() {
+        self.services.log.write(self.log_name(), text);
+    }
+
+    fn log_name(&self) -> &'static str {
+        match self.mode() {
             Mode::Lmtp => "lmtp",
             Mode::Smtp => "smtpd",
-        };
-        self.services.log.write(service, text);
+        }
     }
+}
+
+/// Who is logging in: for the log lines, and for Dovecot when it checks the password.
+pub(super) struct AuthContext {
+    /// The user's address.
+    pub client: Option<IpAddr>,
+    /// The address the user connected to.
+    pub local: Option<IpAddr>,
+    /// Whether the user's connection is encrypted.
+    pub secured: bool,
+}
+
+/// Checks credentials against the account source: the accounts file, or a running Dovecot
+/// with `[accounts] dovecot_auth`. A failure is logged as `log_as` in Postfix's words, never
+/// with the password.
+pub(super) fn authenticate(
+    services: &Services,
+    credentials: &Credentials,
+    context: &AuthContext,
+    log_as: &str,
+) -> AuthVerdict {
+    let client = client_name(context.client);
+    let mechanism = credentials.mechanism;
+    let failed = || {
+        services.log.write(
+            log_as,
+            &format!(
+                "warning: {client}: SASL {mechanism} authentication failed: \
+                 authentication failure"
+            ),
+        );
+        AuthVerdict::Fail
+    };
+    let unavailable = |reason: &str| {
+        services.log.write(
+            log_as,
+            &format!(
+                "warning: {client}: SASL {mechanism} authentication temporarily \
+                 unavailable{reason}"
+            ),
+        );
+        AuthVerdict::TempFail
+    };
+
+    if let Some(socket) = &services.config.accounts.dovecot_auth {
+        let request = AuthRequest {
+            login: credentials.login.clone(),
+            password: credentials.password.clone(),
+            authzid: credentials.authzid.clone(),
+            local_ip: context.local,
+            remote_ip: context.client,
+            secured: context.secured,
+        };
+        return match dovecot::check_password(socket, request, dovecot::TIMEOUT) {
+            AuthResult::Ok { user } => AuthVerdict::Ok { login: user },
+            AuthResult::Fail { .. } => failed(),
+            AuthResult::TempFail { reason } => {
+                unavailable(&reason.map(|r| format!(": {r}")).unwrap_or_default())
+            }
+        };
+    }
+
+    let Some(accounts) = &services.accounts else {
+        return unavailable(": no accounts file");
+    };
+    let verdict = accounts.verify(&credentials.login, credentials.password.expose());
+    // Logging in as someone else (an authzid naming another user) is not offered.
+    let other_identity = !credentials.authzid.is_empty()
+        && accounts.lookup_key(&credentials.authzid) != accounts.lookup_key(&credentials.login);
+    match verdict {
+        accounts::Verdict::Ok(account) if !other_identity => AuthVerdict::Ok {
+            login: account.user,
+        },
+        accounts::Verdict::Ok(_) | accounts::Verdict::Fail => failed(),
+        accounts::Verdict::TempFail => unavailable(""),
+    }
+}
+
+/// SCRAM keys for `login` and a fresh random server nonce. An account without keys, or
+/// marked `nologin`, answers as an unknown user would, so the exchange fails at the proof
+/// like a wrong password.
+pub(super) fn lookup_scram(services: &Services, login: &str) -> (ScramLookup, ScramNonce) {
+    let mut random = [0u8; 18];
+    let nonce_ok = getrandom::fill(&mut random).is_ok();
+    let nonce = ScramNonce::from_random(&random);
+    let lookup = match &services.accounts {
+        _ if !nonce_ok => ScramLookup::TempFail,
+        None => ScramLookup::TempFail,
+        Some(accounts) => match accounts.lookup(login) {
+            Some(account) if !account.extra.iter().any(|(key, _)| key == "nologin") => {
+                let secret = &services.scram_secret;
+                match crate::password::scram_credentials(&account.password, login, secret) {
+                    Some(credentials) => ScramLookup::Found {
+                        account: account.user,
+                        credentials,
+                    },
+                    None => ScramLookup::UnknownUser,
+                }
+            }
+            _ => ScramLookup::UnknownUser,
+        },
+    };
+    (lookup, nonce)
 }
 
 /// One Maildir copy per distinct final address, in the order first named. Fails with the
@@ -464,7 +528,6 @@ pub(super) fn build_copies(
     destinations: &[(String, Destination)],
     now: SystemTime,
 ) -> Result<Vec<Copy>, String> {
-    let accounts = services.accounts.as_ref().ok_or("no accounts file")?;
     let mut seen = HashSet::new();
     let mut copies = Vec::new();
     for (rcpt, destination) in destinations {
@@ -474,13 +537,11 @@ pub(super) fn build_copies(
         if !seen.insert(address.to_lowercase()) {
             continue;
         }
-        let found = accounts
-            .lookup(account)
-            .ok_or_else(|| format!("account {account} is gone"))?;
+        let (key, found) =
+            find_account(services, account)?.ok_or_else(|| format!("account {account} is gone"))?;
 
         // %n and %d come from the lookup key when it names a domain (`%n@%d` formats), else
         // from the recipient's address.
-        let key = accounts.lookup_key(account);
         let address_domain = account.rsplit_once('@').map_or("", |(_, d)| d);
         let (user, domain) = key
             .split_once('@')
@@ -500,6 +561,46 @@ pub(super) fn build_copies(
         });
     }
     Ok(copies)
+}
+
+/// The account named `login` and the key it was found under: from Dovecot's userdb with
+/// `[accounts] dovecot_userdb` (its `home`, `uid` and `gid` fields; the name Dovecot gave
+/// back is the key), else from the accounts file. Dovecot is asked with `login` as it is
+/// (the whole address at RCPT): its own `auth_username_format` maps it, not tern's. `Err` is
+/// a temporary failure, for the log.
+pub(super) fn find_account(
+    services: &Services,
+    login: &str,
+) -> Result<Option<(String, accounts::Account)>, String> {
+    if let Some(socket) = &services.config.accounts.dovecot_userdb {
+        return match dovecot::lookup_user(socket, login, dovecot::TIMEOUT) {
+            dovecot::UserLookup::Found { user, fields } => {
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, value)| value.clone())
+                };
+                let account = accounts::Account {
+                    user: user.clone(),
+                    password: String::new(),
+                    uid: field("uid").and_then(|v| v.parse().ok()),
+                    gid: field("gid").and_then(|v| v.parse().ok()),
+                    gecos: String::new(),
+                    home: field("home").filter(|h| !h.is_empty()).map(Into::into),
+                    shell: String::new(),
+                    extra: fields,
+                };
+                Ok(Some((user, account)))
+            }
+            dovecot::UserLookup::NotFound => Ok(None),
+            dovecot::UserLookup::TempFail(reason) => Err(reason),
+        };
+    }
+    let accounts = services.accounts.as_ref().ok_or("no accounts file")?;
+    Ok(accounts
+        .lookup(login)
+        .map(|account| (accounts.lookup_key(login), account)))
 }
 
 /// Every (envelope recipient, destination) pair, in envelope order.

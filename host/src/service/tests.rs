@@ -133,13 +133,8 @@ fn session_config_follows_the_listener_and_the_site() {
 }
 
 #[test]
-fn unimplemented_features_refuse_to_start() {
+fn a_server_without_an_account_source_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = site(dir.path(), "");
-    config.accounts.dovecot_userdb = Some("/x".into());
-    let error = Services::new(config).err().unwrap();
-    assert!(error.0.contains("not implemented"), "{error}");
-
     let mut config = site(dir.path(), "");
     config.accounts.file = None;
     let error = Services::new(config).err().unwrap();
@@ -743,4 +738,174 @@ fn converse(
     }
     handler.finish(&session);
     String::from_utf8(sent).unwrap()
+}
+
+#[test]
+fn dovecot_accounts_need_no_file_and_turn_scram_off() {
+    let dir = tempfile::tempdir().unwrap();
+    // bob's {PLAIN} password could give SCRAM keys: offered while tern checks passwords.
+    let own = services(dir.path(), "");
+    let scram = |services: &Services| {
+        let session = services.session_config(0).unwrap();
+        let auth = services.auth_server.as_ref().unwrap();
+        (
+            session.mechanisms.contains(&Mechanism::ScramSha256),
+            auth.mechanisms.contains(&Mechanism::ScramSha256) && auth.scram_secret.is_some(),
+        )
+    };
+    assert_eq!(scram(&own), (true, true));
+    assert_eq!(
+        own.auth_server.as_ref().unwrap().failure_delay,
+        Duration::from_millis(100)
+    );
+
+    let mut config = site(dir.path(), "");
+    config.accounts.dovecot_auth = Some(dir.path().join("auth-client"));
+    let with_dovecot = Services::new(config).unwrap();
+    assert_eq!(scram(&with_dovecot), (false, false));
+
+    let mut config = site(dir.path(), "");
+    config.accounts.file = None;
+    config.accounts.dovecot_auth = Some(dir.path().join("auth-client"));
+    let error = Services::new(config.clone()).err().unwrap();
+    assert!(error.0.contains("[accounts] file"), "{error}");
+    config.accounts.dovecot_userdb = Some(dir.path().join("auth-userdb"));
+    assert!(Services::new(config).is_ok());
+}
+
+/// A Dovecot auth-userdb socket that knows `bob` (home `home`) and no one else; it is asked
+/// with the whole address.
+fn fake_userdb(path: &Path, home: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    let listener = UnixListener::bind(path).unwrap();
+    let home = home.display().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut writer = stream.try_clone().unwrap();
+            let _ = writer.write_all(b"VERSION\t1\t1\nSPID\t77\n");
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let fields: Vec<&str> = line.split('\t').collect();
+                if fields[0] != "USER" {
+                    continue;
+                }
+                // Dovecot's auth_username_format = %Ln: the domain goes.
+                let answer = if fields[2].split('@').next() == Some("bob") {
+                    format!("USER\t{}\tbob\thome={home}\tuid=1000\n", fields[1])
+                } else {
+                    format!("NOTFOUND\t{}\n", fields[1])
+                };
+                let _ = writer.write_all(answer.as_bytes());
+            }
+        }
+    });
+}
+
+#[test]
+fn a_userdb_decides_who_exists_and_where_mail_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let userdb = dir.path().join("auth-userdb");
+    fake_userdb(&userdb, &dir.path().join("home/bob"));
+    let mut config = site(dir.path(), "");
+    config.accounts.file = None;
+    config.accounts.dovecot_auth = Some(dir.path().join("auth-client"));
+    config.accounts.dovecot_userdb = Some(userdb);
+    config.mailbox.path = "~/Maildir".into();
+    let services = Arc::new(Services::new(config).unwrap());
+
+    let sent = converse(
+        &services,
+        1,
+        None,
+        b"LHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\n\
+          RCPT TO:<nobody@example.net>\r\nDATA\r\nSubject: userdb\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(sent.contains("550 5.1.1"), "{sent}");
+    assert!(
+        sent.contains("354 ") && sent.contains("<bob@example.net> Ok"),
+        "{sent}"
+    );
+    let new = dir.path().join("home/bob/Maildir/new");
+    let files: Vec<_> = fs::read_dir(&new).unwrap().collect();
+    assert_eq!(files.len(), 1, "{sent}");
+}
+
+#[test]
+fn an_unreachable_dovecot_fails_auth_temporarily() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "bob", &hash_password(Scheme::Plain, "secret")).unwrap();
+    let mut config = site(dir.path(), "");
+    config.accounts.dovecot_auth = Some(dir.path().join("no-such-socket"));
+    let services = Arc::new(Services::new(config).unwrap());
+    // bob / secret is right in the file, but the file is not asked.
+    let sent = converse(
+        &services,
+        0,
+        None,
+        b"EHLO x\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nQUIT\r\n",
+    );
+    assert!(sent.contains("454 4.7.0"), "{sent}");
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("SASL PLAIN authentication temporarily unavailable: "),
+        "{log}"
+    );
+    assert!(!log.contains("secret"), "{log}");
+}
+
+#[test]
+fn an_auth_connection_is_served_from_the_accounts() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let services = services(dir.path(), "");
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let server = {
+        let services = Arc::clone(&services);
+        std::thread::spawn(move || serve_auth_connection(&services, 2, theirs))
+    };
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = ours.try_clone().unwrap();
+    let mut reader = BufReader::new(ours);
+    let mut line = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    writer.write_all(b"VERSION\t1\t0\nCPID\t99\n").unwrap();
+    while line() != "DONE\n" {}
+    // bob / secret, then bob / wrongpass.
+    writer
+        .write_all(b"AUTH\t1\tPLAIN\tservice=smtp\trip=192.0.2.7\tresp=AGJvYgBzZWNyZXQ=\n")
+        .unwrap();
+    assert_eq!(line(), "OK\t1\tuser=bob\n");
+    let started = Instant::now();
+    writer
+        .write_all(b"AUTH\t2\tPLAIN\tservice=smtp\tresp=AGJvYgB3cm9uZ3Bhc3M=\n")
+        .unwrap();
+    assert_eq!(line(), "FAIL\t2\tuser=bob\n");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+
+    // A broken line ends the connection, and the thread with it.
+    writer.write_all(b"NONSENSE\n").unwrap();
+    assert_eq!(line(), "");
+    server.join().unwrap();
+    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(
+        log.contains("tern/auth[")
+            && log.contains(
+                "warning: local: SASL PLAIN authentication failed: authentication failure"
+            )
+            && log.contains("warning: auth client broke the protocol, disconnecting"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrongpass") && !log.contains("AGJvYgB3"),
+        "{log}"
+    );
 }
