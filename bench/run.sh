@@ -27,8 +27,8 @@
 # the processes sharing them, so that Postfix's dozens of processes are not overcounted). Every daemon started here is stopped at
 # exit, by pid or with `postfix -c DIR stop` / `doveadm -c FILE stop`.
 #
-# Environment: TERN_BIN, RUNS (3), SESSIONS (20), N1 (20000), N2 (2000), N3 (20000),
-# N4 (5000), N5 (2000), RUNTIMES ("blocking smol mio"), WORKLOADS ("0 1 2 3 4 5 M"),
+# Environment: TERN_BIN, RUNS (3), SESSIONS (20), N1 (20000), N2 (1000), N3 (5000),
+# N4 (2000), N5 (1000), RUNTIMES ("blocking smol mio"), WORKLOADS ("0 1 2 3 4 5 M"),
 # KEEP=1 (keep the temp dir), OUT (where to write the Markdown table; default
 # bench/results.md).
 
@@ -39,10 +39,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
 SESSIONS=${SESSIONS:-20}
 N1=${N1:-20000}
-N2=${N2:-2000}
-N3=${N3:-20000}
-N4=${N4:-5000}
-N5=${N5:-2000}
+N2=${N2:-1000}
+N3=${N3:-5000}
+N4=${N4:-2000}
+N5=${N5:-1000}
 RUNTIMES=${RUNTIMES:-blocking smol mio}
 WORKLOADS=${WORKLOADS:-0 1 2 3 4 5 M}
 OUT=${OUT:-$ROOT/bench/results.md}
@@ -343,12 +343,16 @@ wait_for 20 test -f "$PF/queue/pid/master.pid" || die "no Postfix master.pid"
 PF_PID=$(tr -d ' ' <"$PF/queue/pid/master.pid")
 
 # --- tern, one instance per run ---------------------------------------------------------------
-T="$W/tern"
+T=""
+TERN_RUNS=0
 TSMTP=$(free_port)
 TSUB=$(free_port)
 start_tern() {  # start_tern RUNTIME [MESSAGE_SIZE]: a fresh tern with empty Maildirs
     local runtime=$1 size=${2:-10240000}
-    rm -rf "$T"
+    # A new directory each time: removing thousands of files between runs would slow the
+    # next run's file creation (ext4 skips recently freed inodes), whoever runs next.
+    TERN_RUNS=$((TERN_RUNS + 1))
+    T="$W/tern-$TERN_RUNS"
     mkdir -p "$T"
     : >"$T/users"
     for u in $USERS; do echo "$u:{PLAIN}benchpw::::::" >>"$T/users"; done
@@ -423,8 +427,60 @@ dv_maildirs() {
         [ $i -le "$n" ] && echo "$DV/mail/$u/Maildir/new"
     done
 }
-clean_pf_mail() { find "$PF/mail" -mindepth 1 -delete; }
-clean_dv_mail() { find "$DV/mail" -mindepth 1 -delete; doveadm -c "$DV/dovecot.conf" reload >/dev/null 2>&1; }
+# Moves the delivered mail aside (see start_tern for why not remove it).
+OLD_MAIL=0
+clean_pf_mail() {
+    OLD_MAIL=$((OLD_MAIL + 1))
+    mkdir -p "$W/old-$OLD_MAIL"
+    find "$PF/mail" -mindepth 1 -maxdepth 1 -exec mv {} "$W/old-$OLD_MAIL/" \;
+}
+clean_dv_mail() {
+    OLD_MAIL=$((OLD_MAIL + 1))
+    mkdir -p "$W/old-$OLD_MAIL"
+    find "$DV/mail" -mindepth 1 -maxdepth 1 -exec mv {} "$W/old-$OLD_MAIL/" \;
+    for u in $USERS; do install -d -o "$MAIL_UID" -g "$MAIL_GID" "$DV/mail/$u"; done
+}
+
+# What the disk allows: SESSIONS threads each storing N 1 KB files the way a durable Maildir
+# delivery must (write in tmp/, fsync, link into new/, fsync new/), and nothing else. No mail
+# server storing each message durably on its own can deliver faster than this.
+cat >"$W/ceiling.py" <<'EOF'
+import os, sys, threading, time
+base, threads, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for sub in ("tmp", "new"):
+    os.makedirs(os.path.join(base, sub), exist_ok=True)
+payload = b"x" * 1024
+counter = iter(range(total))
+lock = threading.Lock()
+def work(t):
+    while True:
+        with lock:
+            n = next(counter, None)
+        if n is None:
+            return
+        tmp = os.path.join(base, "tmp", f"{t}.{n}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, payload)
+        os.fsync(fd)
+        os.close(fd)
+        os.link(tmp, os.path.join(base, "new", f"{t}.{n}"))
+        os.unlink(tmp)
+        d = os.open(os.path.join(base, "new"), os.O_RDONLY)
+        os.fsync(d)
+        os.close(d)
+start = time.time()
+ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(f"{total / (time.time() - start):.1f}")
+EOF
+CEILING="$W/ceiling"
+: >"$CEILING"
+fsync_ceiling() {  # fsync_ceiling RUN
+    local n=$((N1 / 4))
+    python3 "$W/ceiling.py" "$W/ceiling-$1" "$SESSIONS" "$n" >>"$CEILING"
+    say "  1|fsync ceiling|$1|$(tail -1 "$CEILING")"
+}
 
 # --- one measured run ------------------------------------------------------------------------
 RESULTS="$W/results"  # workload|server|run|accepted/s|delivered/s|cpu s/1000|peak RSS MB
@@ -505,6 +561,7 @@ smtp_workload() {
             wait "$SINK_PID" 2>/dev/null
             SINK_PID=""
         fi
+        [ "$workload" = 1 ] && fsync_ceiling "$run"
     done
 }
 
@@ -599,9 +656,9 @@ wants 5 && { say "# 5. SMTP, $N5 x 1 KB, 10 recipients"; smtp_workload 5 "$N5" 1
 wants M && { say "# M. one 100 MB message"; memory_check; }
 
 # --- the table --------------------------------------------------------------------------------
-python3 - "$RESULTS" "$MEMORY" "$RUNS" "$SESSIONS" "$N1" "$N2" "$N3" "$N4" "$N5" >"$OUT" <<'EOF'
+python3 - "$RESULTS" "$MEMORY" "$RUNS" "$SESSIONS" "$N1" "$N2" "$N3" "$N4" "$N5" "$CEILING" >"$OUT" <<'EOF'
 import os, statistics, sys
-results, memory, runs, sessions, n1, n2, n3, n4, n5 = sys.argv[1:]
+results, memory, runs, sessions, n1, n2, n3, n4, n5, ceiling = sys.argv[1:]
 rows = {}
 for line in open(results):
     w, s, r, acc, dlv, cpu, rss = line.strip().split("|")
@@ -646,6 +703,13 @@ for w in ["0", "1", "2", "3", "4", "5"]:
                 line += " | |"
         print(line)
     print()
+    if w == "1" and os.path.getsize(ceiling):
+        c = statistics.median(float(x) for x in open(ceiling))
+        best = med("1", "tern-smol", 1)
+        print(f"The disk's ceiling for durable 1 KB files ({sessions} threads: write, fsync, link, "
+              f"fsync the directory; `ceiling.py` in bench/run.sh): {c:.0f} files/s (median)"
+              + (f"; tern-smol delivered {best / c:.0%} of it." if best else "."))
+        print()
 if os.path.getsize(memory):
     print("### M. one 100 MB message through tern (SMTP, message_size 200 MiB)\n")
     print("| runtime | VmRSS before kB | VmHWM after kB | growth MB | stored |")

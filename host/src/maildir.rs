@@ -325,13 +325,22 @@ impl Maildirs {
         work: &mut Work,
     ) -> io::Result<Vec<PathBuf>> {
         let mut pending = Vec::with_capacity(copies.len());
+        let mut written = Vec::with_capacity(copies.len());
         for copy in copies {
             let name = self.unique_name();
             let tmp = copy.maildir.join("tmp").join(&name);
-            let size = write_copy(&copy.maildir, &tmp, &copy.headers, spool, work)?;
+            let (file, size) = write_copy(&copy.maildir, &tmp, &copy.headers, spool, work)?;
             let new = copy.maildir.join("new").join(format!("{name},S={size}"));
+            written.push(file);
             pending.push((&copy.maildir, tmp, new));
         }
+
+        // Every copy is on disk before any is linked into new/.
+        let files: Vec<_> = written.iter().zip(&pending).collect();
+        sync_each(&files, |(file, (_, tmp, _))| {
+            file.sync_all()
+                .map_err(|e| with_path(e, "cannot write", tmp))
+        })?;
 
         for (maildir, tmp, new) in &pending {
             let linked = match fs::hard_link(tmp, new) {
@@ -346,9 +355,7 @@ impl Maildirs {
             work.linked.push(new.clone());
             push_unique(&mut work.dirs_to_sync, parent_dir(new));
         }
-        for dir in &work.dirs_to_sync {
-            sync_dir(dir)?;
-        }
+        sync_each(&work.dirs_to_sync, |dir| sync_dir(dir))?;
         Ok(pending.into_iter().map(|(_, _, new)| new).collect())
     }
 
@@ -410,6 +417,9 @@ pub fn clean_spool(dir: &Path) -> io::Result<usize> {
 }
 
 const SPOOL_BUFFER: usize = 64 * 1024;
+
+/// The most threads one delivery syncs its copies on at once.
+const SYNC_THREADS: usize = 16;
 
 /// maildir(5): a file untouched this long in tmp/ is abandoned, whoever wrote it.
 const FOREIGN_TMP_AGE: Duration = Duration::from_secs(36 * 3600);
@@ -504,8 +514,8 @@ fn classify(e: io::Error) -> DeliveryError {
     }
 }
 
-/// Writes `headers` and the whole spool to the new file `tmp` in `maildir`'s tmp/, fsyncs it
-/// and returns its size.
+/// Writes `headers` and the whole spool to the new file `tmp` in `maildir`'s tmp/ and returns
+/// the file, not yet synced, and its size.
 ///
 /// The Maildir's directories are checked only by trying: they are made (see
 /// [`ensure_maildir`]) when the file cannot be created for want of them, or when cur/ is
@@ -516,7 +526,7 @@ fn write_copy(
     headers: &[u8],
     spool: &File,
     work: &mut Work,
-) -> io::Result<u64> {
+) -> io::Result<(File, u64)> {
     let create = || {
         OpenOptions::new()
             .write(true)
@@ -542,10 +552,10 @@ fn write_copy(
         let mut source = spool;
         source.seek(SeekFrom::Start(0))?;
         let copied = io::copy(&mut source, &mut file)?;
-        file.sync_all()?;
         Ok(headers.len() as u64 + copied)
     })();
-    written.map_err(|e: io::Error| with_path(e, "cannot write", tmp))
+    let size = written.map_err(|e: io::Error| with_path(e, "cannot write", tmp))?;
+    Ok((file, size))
 }
 
 /// Creates the Maildir, its missing parents and its tmp/, new/, cur/ with mode 0700. The
@@ -583,6 +593,35 @@ fn make_dir(path: &Path, changed: &mut Vec<PathBuf>) -> io::Result<()> {
         },
         Err(e) => Err(with_path(e, "cannot create", path)),
     }
+}
+
+/// Runs `sync` on every item, on up to [`SYNC_THREADS`] threads at once when there are
+/// several (one copy per recipient, one `new/` per Maildir): the file system commits
+/// concurrent syncs together, so ten recipients cost about one wait for the disk instead of
+/// ten in a row. If no thread can be started, the items are synced here, one by one.
+fn sync_each<T: Sync>(items: &[T], sync: impl Fn(&T) -> io::Result<()> + Sync) -> io::Result<()> {
+    if items.len() <= 1 {
+        return items.iter().try_for_each(&sync);
+    }
+    let per_thread = items.len().div_ceil(SYNC_THREADS);
+    let sync = &sync;
+    std::thread::scope(|scope| {
+        let mut running = Vec::new();
+        let mut inline = Ok(());
+        for group in items.chunks(per_thread) {
+            let job = move || group.iter().try_for_each(sync);
+            match std::thread::Builder::new().spawn_scoped(scope, job) {
+                Ok(handle) => running.push(handle),
+                Err(_) => inline = inline.and_then(|()| job()),
+            }
+        }
+        running.into_iter().fold(inline, |result, handle| {
+            let joined = handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")));
+            result.and(joined)
+        })
+    })
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -847,6 +886,28 @@ mod tests {
             "vmail/example.net/bob/Maildir/cur",
         ] {
             assert_eq!(mode(&dir.path().join(sub)), 0o700, "{sub}");
+        }
+    }
+
+    #[test]
+    fn more_copies_than_sync_threads_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with(dir.path(), &[b"x\r\n"]);
+        let n = SYNC_THREADS * 2 + 3;
+        let copies: Vec<Copy> = (0..n)
+            .map(|i| {
+                copy(
+                    &dir.path().join(format!("m{i}")),
+                    format!("{i}\n").as_bytes(),
+                )
+            })
+            .collect();
+        let done = Maildirs::new("h").deliver(spool, &copies).unwrap();
+        assert_eq!(done.paths.len(), n);
+        for (i, path) in done.paths.iter().enumerate() {
+            assert!(path.starts_with(dir.path().join(format!("m{i}/new"))));
+            assert_eq!(fs::read(path).unwrap(), format!("{i}\nx\n").as_bytes());
+            assert!(files_in(&dir.path().join(format!("m{i}/tmp"))).is_empty());
         }
     }
 
