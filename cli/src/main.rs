@@ -3,7 +3,8 @@
 //! Exit codes: 0 success, 1 a runtime failure (one line on stderr naming the file or
 //! address), 2 a usage or configuration error.
 //!
-//! All three runtimes exist: blocking, smol (the default) and mio.
+//! All three runtimes exist: blocking, smol (the default) and mio. `queue` and `sendmail`
+//! are not here yet.
 
 use std::io::{self, BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Replay a recorded session through the state machine and compare every output.
+    Replay {
+        /// A recording written by a listener with `record_sessions`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
             command: UserCommand::Add { name, config },
         } => user_add(&name, config.as_deref()),
         Command::Cert { hostname, out } => cert(&hostname, &out),
+        Command::Replay { file } => replay(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,6 +124,35 @@ fn main() -> ExitCode {
         Err(failure) => {
             eprintln!("tern: {}", failure.message);
             ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// SPEC.md section 8: exit 0 when every output matched, 1 at the first that differed (or an
+/// unreadable file), 2 when the file is not a recording.
+fn replay(path: &Path) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure {
+        code: 1,
+        message: format!("{}: {e}", path.display()),
+        located: false,
+    })?;
+    let recording = tern_core::replay::Recording::parse(&text).map_err(|e| Failure {
+        code: 2,
+        message: format!("{}:{e}", path.display()),
+        located: true,
+    })?;
+    match recording.replay(std::time::Instant::now()) {
+        Ok(summary) => {
+            println!("replay: {} events, all outputs matched", summary.events);
+            Ok(())
+        }
+        Err(mismatch) => {
+            println!("replay: {mismatch}");
+            Err(Failure {
+                code: 1,
+                message: format!("{}: an output differs from the recording", path.display()),
+                located: false,
+            })
         }
     }
 }

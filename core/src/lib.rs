@@ -9,6 +9,7 @@ pub mod dovecot;
 pub mod net;
 pub mod policy;
 pub mod recipient;
+pub mod replay;
 pub mod reply;
 pub mod sasl;
 pub mod server;

@@ -47,6 +47,11 @@ impl Aliases {
         self.map.is_empty()
     }
 
+    /// Every alias and its targets, keys in order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     fn lookup(&self, key: &str) -> Option<&[String]> {
         self.map.get(key).map(Vec::as_slice)
     }

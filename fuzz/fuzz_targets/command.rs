@@ -7,7 +7,9 @@ use tern_core::address::{ForwardPath, ReversePath};
 use tern_core::command::{self, Command};
 
 fuzz_target!(|line: &[u8]| {
-    let Ok(command) = command::parse(line) else { return };
+    let Ok(command) = command::parse(line) else {
+        return;
+    };
     let mailbox = match command {
         Command::Mail(ReversePath::Mailbox(m), _) => m,
         Command::Rcpt(ForwardPath::Mailbox(m), _) => m,

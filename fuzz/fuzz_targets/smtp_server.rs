@@ -1,7 +1,8 @@
 //! The SMTP/LMTP server session under an arbitrary sequence of inputs, timer steps and
 //! answers. Checks: no panic; nothing is sent after a 521/421 but the close; message text
-//! handed out stays within the size limit; and, when no time passes, feeding all the bytes at
-//! once gives the same transcript as feeding them piece by piece.
+//! handed out stays within the size limit; when no time passes, feeding all the bytes at
+//! once gives the same transcript as feeding them piece by piece; and the run, recorded,
+//! replays with every output matching and without the AUTH credentials in the recording.
 #![no_main]
 
 use std::sync::Arc;
@@ -10,12 +11,14 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tern_core::recipient::Policy;
+use tern_core::replay::{self, Recorder};
 use tern_core::server::{
-    AuthMode, AuthVerdict, Config, DeliveryReport, Lookup, Mode, Output, Peer, RcptOutcome,
-    Session, TlsMode,
+    AuthMode, AuthVerdict, Config, DeliveryReport, Lookup, Mode, Output, Peer, RcptOutcome, TlsMode,
 };
 
 const SIZE_LIMIT: u64 = 4096;
+/// The base64 of the PLAIN credentials the `AuthPlain` word sends.
+const CREDENTIALS: &str = "AGFsaWNlAHNlY3JldA==";
 
 #[derive(Debug, Arbitrary)]
 enum Op {
@@ -50,6 +53,21 @@ enum Word {
 }
 
 impl Word {
+    fn is_whole_line(self) -> bool {
+        !matches!(
+            self,
+            Word::Data
+                | Word::Bdat(_)
+                | Word::BdatLast(_)
+                | Word::Dot
+                | Word::Crlf
+                | Word::Lf
+                | Word::Cr
+                | Word::Text
+                | Word::Nul
+        )
+    }
+
     fn bytes(self) -> Vec<u8> {
         match self {
             Word::Ehlo => b"EHLO c\r\n".to_vec(),
@@ -62,7 +80,7 @@ impl Word {
             Word::Data => b"DATA\r\n".to_vec(),
             Word::Bdat(n) => format!("BDAT {n}\r\n").into(),
             Word::BdatLast(n) => format!("BDAT {n} LAST\r\n").into(),
-            Word::AuthPlain => b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n".to_vec(),
+            Word::AuthPlain => format!("AUTH PLAIN {CREDENTIALS}\r\n").into_bytes(),
             Word::AuthLogin => b"AUTH LOGIN\r\n".to_vec(),
             Word::StartTls => b"STARTTLS\r\n".to_vec(),
             Word::Rset => b"RSET\r\n".to_vec(),
@@ -96,7 +114,7 @@ fuzz_target!(|case: Case| {
         })
         .collect();
 
-    let mut run = Run::new(config.clone(), case.answers);
+    let mut run = Run::new(config.clone(), case.answers, true);
     for (op, piece) in case.ops.iter().zip(&pieces) {
         match (op, piece) {
             (Op::Wait(ms), _) => run.wait(Duration::from_millis(u64::from(*ms) * 50)),
@@ -105,11 +123,26 @@ fuzz_target!(|case: Case| {
         }
     }
 
+    // Where every piece is a whole command line, every AUTH payload is one: the credentials
+    // must not show. (Elsewhere they may sit in message text or inside another line.)
+    let recording = run.session.recording().expect("recorded");
+    let payload_only = case.ops.iter().all(|op| match op {
+        Op::Words(words) => words.iter().all(|w| w.is_whole_line()),
+        Op::Wait(_) => true,
+        Op::Raw(_) => false,
+    });
+    if payload_only {
+        assert!(!recording.contains(CREDENTIALS), "{recording}");
+    }
+    if let Err(e) = replay::replay(&recording, Instant::now()) {
+        panic!("{e}\n{recording}");
+    }
+
     // TLS begins between reads, so a split right after STARTTLS legitimately differs.
     let tls_started = run.transcript.windows(5).any(|w| w == b"[tls]");
     if !tls_started && case.ops.iter().all(|op| !matches!(op, Op::Wait(_))) {
         let all: Vec<u8> = pieces.into_iter().flatten().flatten().collect();
-        let mut whole = Run::new(config, case.answers);
+        let mut whole = Run::new(config, case.answers, false);
         whole.feed(&all);
         assert_eq!(whole.transcript, run.transcript);
     }
@@ -124,7 +157,11 @@ fn config(case: &Case) -> Config {
         2 => TlsMode::Encrypt,
         _ => TlsMode::Implicit,
     };
-    config.auth = if case.tls % 3 == 0 { AuthMode::Required } else { AuthMode::Optional };
+    config.auth = if case.tls % 3 == 0 {
+        AuthMode::Required
+    } else {
+        AuthMode::Optional
+    };
     config.plaintext_auth = case.tls % 2 == 0;
     config.limits.message_size = SIZE_LIMIT;
     config.limits.errors = 50;
@@ -138,7 +175,7 @@ fn config(case: &Case) -> Config {
 }
 
 struct Run {
-    session: Session,
+    session: Recorder,
     now: Instant,
     answers: u64,
     transcript: Vec<u8>,
@@ -149,11 +186,18 @@ struct Run {
 }
 
 impl Run {
-    fn new(config: Arc<Config>, answers: u64) -> Self {
+    fn new(config: Arc<Config>, answers: u64, record: bool) -> Self {
         let now = Instant::now();
-        let peer = Peer { client: Some([127, 0, 0, 1].into()), local: None };
+        let peer = Peer {
+            client: Some([127, 0, 0, 1].into()),
+            local: None,
+        };
         let mut run = Run {
-            session: Session::new(config, peer, now),
+            session: if record {
+                Recorder::new(config, peer, now)
+            } else {
+                Recorder::unrecorded(config, peer, now)
+            },
             now,
             answers,
             transcript: Vec::new(),
@@ -205,7 +249,10 @@ impl Run {
         let mut any = false;
         while let Some(output) = self.session.poll_output() {
             any = true;
-            assert!(!self.ended || matches!(output, Output::Close), "{output:?} after the end");
+            assert!(
+                !self.ended || matches!(output, Output::Close),
+                "{output:?} after the end"
+            );
             match output {
                 Output::Send(bytes) => {
                     if bytes.windows(4).any(|w| w == b"521 ") {
@@ -219,7 +266,9 @@ impl Run {
                 }
                 Output::Authenticate(_) => {
                     let verdict = match self.pick(3) {
-                        0 => AuthVerdict::Ok { login: "alice".into() },
+                        0 => AuthVerdict::Ok {
+                            login: "alice".into(),
+                        },
                         1 => AuthVerdict::Fail,
                         _ => AuthVerdict::TempFail,
                     };

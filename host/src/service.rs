@@ -27,7 +27,10 @@
 //!   bounced, as long as there is no queue.
 //! - With `accounts.dovecot_auth`, SCRAM-SHA-256 is not offered: Dovecot's auth socket
 //!   only checks a password (PLAIN), it does not give out SCRAM keys.
-//! - `record_sessions` is ignored.
+//!
+//! A listener with `record_sessions` hands its runtimes recorded sessions: the session type
+//! is always [`Recorder`], which records only when asked, and
+//! [`ConnectionHandler::finish`] writes the recording (SPEC.md section 8).
 
 mod auth;
 mod connection;
@@ -44,16 +47,17 @@ use std::fs::DirBuilder;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::ServerConfig;
 use tern_core::dovecot;
 use tern_core::recipient::{Aliases, Policy};
+use tern_core::replay::Recorder;
 use tern_core::reply::{Mode, Reply};
 use tern_core::sasl::{Mechanism, ScramSecret};
-use tern_core::server::{self, AuthMode, Peer, Session, TlsMode};
+use tern_core::server::{self, AuthMode, Peer, TlsMode};
 
 pub use self::auth::{AuthHandler, AuthStream, open_auth, serve_auth_connection};
 pub use self::connection::{Action, Answer, ConnectionHandler, Work};
@@ -90,6 +94,8 @@ pub struct Services {
     auth_server: Option<Arc<dovecot::ServerConfig>>,
     /// Numbers dovecot-auth connections for their `CUID` line.
     auth_connections: AtomicU32,
+    /// Numbers the sessions, for the names of recordings.
+    next_session: AtomicU64,
 }
 
 /// A connection that was admitted; dropping it frees its place in the connection limits.
@@ -184,6 +190,7 @@ impl Services {
             maildirs: Maildirs::new(&config.hostname),
             queue_ids: QueueIds::new(),
             counts: Mutex::new(Counts::default()),
+            next_session: AtomicU64::new(1),
             config,
             accounts,
             log,
@@ -292,7 +299,7 @@ impl Services {
     }
 
     /// Starts a session for an admitted connection and the handler that answers it; logs
-    /// `connect from`. `tls` is the negotiated version and cipher on an implicit-TLS
+    /// `connect from`. The session is recorded when its listener has `record_sessions`. `tls` is the negotiated version and cipher on an implicit-TLS
     /// listener, whose handshake the runtime completes before calling this.
     ///
     /// # Panics
@@ -304,12 +311,23 @@ impl Services {
         peer: Peer,
         tls: Option<(String, String)>,
         now: Instant,
-    ) -> (Session, ConnectionHandler) {
+    ) -> (Recorder, ConnectionHandler) {
         let config = self.sessions[admission.listener]
             .clone()
             .expect("a runtime opens sessions only on smtp and lmtp listeners");
-        let session = Session::new(config, peer, now);
-        let handler = ConnectionHandler::new(Arc::clone(self), admission, peer, tls);
+        let listener = &self.config.listeners[admission.listener];
+        let record = listener.record_sessions.as_ref().map(|dir| {
+            let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            dir.join(format!("{secs}-{}-{id}.replay", listener.name))
+        });
+        let session = match record {
+            Some(_) => Recorder::new(config, peer, now),
+            None => Recorder::unrecorded(config, peer, now),
+        };
+        let handler = ConnectionHandler::new(Arc::clone(self), admission, peer, tls, record);
         (session, handler)
     }
 

@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use tern_core::server::{Peer, Session, TlsMode};
+use tern_core::replay::Recorder;
+use tern_core::server::{Peer, TlsMode};
 use tern_host::service::{
     Action, Bound, ConnectionHandler, Driver, SHUTDOWN_GRACE, Services, Socket, Step,
     handshake_deadline, serve_auth_connection,
@@ -151,7 +152,7 @@ fn accept_loop(
 fn serve(
     services: &Services,
     index: usize,
-    session: &mut Session,
+    session: &mut Recorder,
     handler: &mut ConnectionHandler,
     stream: Plain,
     stop: &AtomicBool,

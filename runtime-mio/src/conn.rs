@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Token};
 use rustls::{ServerConfig, ServerConnection};
-use tern_core::server::Session;
+use tern_core::replay::Recorder as Session;
 use tern_host::service::{Action, ConnectionHandler, Work};
 use tern_host::tls::connection_info;
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use mio::{Token, Waker};
-use tern_core::server::Session;
+use tern_core::replay::Recorder as Session;
 use tern_host::service::{Answer, ConnectionHandler, Work};
 
 /// What a worker is asked to do.

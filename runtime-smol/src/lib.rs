@@ -27,7 +27,8 @@ use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use smol::{Async, Executor, Timer};
-use tern_core::server::{Peer, Session, TlsMode};
+use tern_core::replay::Recorder;
+use tern_core::server::{Peer, TlsMode};
 use tern_host::service::{
     Action, Admission, Answer, Bound, ConnectionHandler, Driver, SHUTDOWN_GRACE, Services, Socket,
     Step, Work, handshake_deadline, serve_auth_connection,
@@ -207,7 +208,7 @@ async fn connection(
 async fn serve(
     services: &Services,
     index: usize,
-    session: &mut Session,
+    session: &mut Recorder,
     mut handler: ConnectionHandler,
     stream: Conn,
     stop: &Receiver<()>,

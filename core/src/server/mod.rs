@@ -1395,3 +1395,40 @@ fn fraction(name: &str, ok: u32, total: u32) -> String {
         format!("{name}={ok}/{total}")
     }
 }
+
+/// What a session reads its next input bytes as; see [`Session::reading`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// A command line.
+    Command,
+    /// A SASL response line (RFC 4954 section 4).
+    SaslResponse,
+    /// DATA message text, up to its terminating `.` line.
+    DataText,
+    /// The rest of a BDAT chunk: this many octets.
+    Chunk(u64),
+    /// Nothing that is interpreted: everything is thrown away (closed, or after STARTTLS).
+    Discarding,
+    /// Nothing at all until the runtime answers a question or a timer runs out.
+    Waiting,
+}
+
+// For tools that must know where lines begin, such as the session recorder of `replay`.
+impl Session {
+    /// What the next input bytes are read as.
+    pub fn reading(&self) -> Reading {
+        match &self.state {
+            State::ExpectCommand(_) => Reading::Command,
+            State::ExpectSaslResponse(_) | State::ExpectScramAck(_) => Reading::SaslResponse,
+            State::ExpectDataText(..) => Reading::DataText,
+            State::ExpectChunk(_, chunk) => Reading::Chunk(chunk.remaining),
+            State::DiscardChunk(remaining, _) => Reading::Chunk(*remaining),
+            State::Closed | State::AwaitTlsHandshake => Reading::Discarding,
+            State::AwaitAuthVerdict
+            | State::AwaitScramLookup(_)
+            | State::AwaitFailureDelay(_)
+            | State::AwaitRecipientLookup(..)
+            | State::AwaitDelivery(_) => Reading::Waiting,
+        }
+    }
+}

@@ -2,19 +2,21 @@
 //! and delivering messages, and the log lines that go with them.
 
 use std::collections::HashSet;
-use std::io;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{self, Write as _};
 use std::net::{IpAddr, ToSocketAddrs};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tern_core::address::ReversePath;
 use tern_core::dovecot::{AuthRequest, AuthResult};
 use tern_core::recipient::Destination;
+use tern_core::replay::Recorder;
 use tern_core::reply::Mode;
 use tern_core::sasl::{Credentials, ScramLookup, ScramNonce};
-use tern_core::server::{
-    AuthVerdict, DeliveryReport, Envelope, Lookup, Output, Peer, RcptOutcome, Session,
-};
+use tern_core::server::{AuthVerdict, DeliveryReport, Envelope, Lookup, Output, Peer, RcptOutcome};
 
 use super::{Admission, Services, lmtp_out};
 use crate::accounts::{self, expand_mailbox_path};
@@ -68,6 +70,8 @@ pub struct ConnectionHandler {
     peer: Peer,
     tls: Option<(String, String)>,
     message: Option<Message>,
+    /// Where the session's recording goes, when its listener records.
+    record: Option<PathBuf>,
 }
 
 struct Message {
@@ -95,7 +99,7 @@ impl From<Output> for Action {
 
 impl Answer {
     /// Hands the answer to the session it was asked for.
-    pub fn apply(self, session: &mut Session, now: Instant) {
+    pub fn apply(self, session: &mut Recorder, now: Instant) {
         match self {
             Answer::Auth(verdict) => session.handle_auth(now, verdict),
             Answer::Recipient(lookup) => session.handle_recipient(now, lookup),
@@ -112,6 +116,7 @@ impl ConnectionHandler {
         admission: Admission,
         peer: Peer,
         tls: Option<(String, String)>,
+        record: Option<PathBuf>,
     ) -> ConnectionHandler {
         let handler = ConnectionHandler {
             services,
@@ -119,6 +124,7 @@ impl ConnectionHandler {
             peer,
             tls,
             message: None,
+            record,
         };
         handler.log(&format!("connect from {}", client_name(peer.client)));
         handler
@@ -184,14 +190,23 @@ impl ConnectionHandler {
         }
     }
 
-    /// The connection is over: logs `disconnect from` with the session's command counts and
-    /// throws away a message still being received.
-    pub fn finish(self, session: &Session) {
+    /// The connection is over: logs `disconnect from` with the session's command counts,
+    /// writes the session's recording if its listener records, and throws away a message
+    /// still being received.
+    pub fn finish(self, session: &Recorder) {
         self.log(&format!(
             "disconnect from {} {}",
             client_name(self.peer.client),
             session.command_summary()
         ));
+        if let (Some(path), Some(text)) = (&self.record, session.recording()) {
+            if let Err(e) = write_recording(path, &text) {
+                self.log(&format!(
+                    "warning: cannot write recording {}: {e}",
+                    path.display()
+                ));
+            }
+        }
     }
 
     fn check_account(&self, account: &str) -> Lookup {
@@ -681,4 +696,20 @@ pub(super) fn message_id(text: &[u8]) -> Option<String> {
         return (!value.is_empty()).then_some(value);
     }
     None
+}
+
+/// Writes a recording, creating its directory. Both are private to tern's user: a recording
+/// holds whole messages. It appears under its name only once complete.
+fn write_recording(path: &Path, text: &str) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(text.as_bytes())?;
+    std::fs::rename(&partial, path)
 }

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use tern_core::server::{self, Session};
+use tern_core::replay::Recorder as Session;
+use tern_core::server;
 
 use super::SHUTDOWN_GRACE;
 
@@ -124,7 +125,7 @@ mod tests {
         config.auth = AuthMode::Optional;
         config.plaintext_auth = true;
         (
-            Session::new(Arc::new(config.clone()), Peer::default(), now),
+            Session::unrecorded(Arc::new(config.clone()), Peer::default(), now),
             config,
         )
     }
