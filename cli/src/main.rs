@@ -3,8 +3,12 @@
 //! Exit codes: 0 success, 1 a runtime failure (one line on stderr naming the file or
 //! address), 2 a usage or configuration error.
 //!
-//! All three runtimes exist: blocking, smol (the default) and mio. `queue` and `sendmail`
-//! are not here yet.
+//! All three runtimes exist: blocking, smol (the default) and mio.
+//!
+//! Run under the name `sendmail` (argv[0]), tern acts as `tern sendmail`. `tern sendmail`
+//! exits as sendmail(1) does: 0 when the message is in the maildrop, 64 (EX_USAGE) for bad
+//! arguments or no recipients, 65 (EX_DATAERR) for an unreadable message, 67 (EX_NOUSER)
+//! for a malformed address, 73 (EX_CANTCREAT) when the maildrop cannot be written.
 
 use std::io::{self, BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -15,6 +19,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tern_host::config::{self, Config, RuntimeKind};
 use tern_host::password::{Scheme, hash_password};
 use tern_host::service::{self, Services};
+
+mod sendmail;
 
 /// Where the embedded default keeps everything, relative to the working directory.
 const EMBEDDED_DATA_DIR: &str = "./tern-data";
@@ -57,6 +63,35 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// List the outbound queue, or retry it now with `flush`.
+    Queue {
+        /// `flush`: ask the running server to retry every queued message now.
+        #[arg(value_parser = ["flush"])]
+        action: Option<String>,
+        /// The configuration file; without one, the embedded default.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Read a message on stdin and drop it into the maildrop for the server to deliver.
+    Sendmail {
+        /// The configuration file; without one, the embedded default.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The envelope sender (`<>` or "" for the null sender).
+        #[arg(short = 'f', value_name = "FROM")]
+        from: Option<String>,
+        /// Take the recipients from To:, Cc: and Bcc: (and remove Bcc:).
+        #[arg(short = 't')]
+        from_headers: bool,
+        /// Accepted and ignored, as sendmail's -i/-oi (a lone `.` does not end the input).
+        #[arg(short = 'i', hide = true)]
+        ignore_dots: bool,
+        /// Accepted and ignored (sendmail's -o options such as -oi, -oem).
+        #[arg(short = 'o', value_name = "OPTION", hide = true)]
+        options: Vec<String>,
+        /// The recipients.
+        recipients: Vec<String>,
     },
     /// Write a self-signed certificate and key (cert.pem, key.pem).
     Cert {
@@ -104,7 +139,17 @@ struct Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Called as `sendmail` (a symlink, or a mail program's argv[0]), tern is `tern sendmail`,
+    // as Postfix's sendmail is.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .and_then(|arg0| Path::new(arg0).file_name())
+        .is_some_and(|name| name == "sendmail")
+    {
+        args.insert(1, "sendmail".into());
+    }
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Serve { config, runtime } => serve(config.as_deref(), runtime),
         Command::CheckConfig { config } => check_config(config.as_deref()),
@@ -113,6 +158,25 @@ fn main() -> ExitCode {
             command: UserCommand::Add { name, config },
         } => user_add(&name, config.as_deref()),
         Command::Cert { hostname, out } => cert(&hostname, &out),
+        Command::Queue { action, config } => queue(action.as_deref(), config.as_deref()),
+        Command::Sendmail {
+            config,
+            from,
+            from_headers,
+            ignore_dots,
+            options,
+            recipients,
+        } => {
+            // sendmail -oi is -i; other -o options are accepted and ignored.
+            let ignore_dots = ignore_dots || options.iter().any(|o| o == "i");
+            sendmail::run(
+                config.as_deref(),
+                from,
+                from_headers,
+                ignore_dots,
+                recipients,
+            )
+        }
         Command::Replay { file } => replay(&file),
     };
     match result {
@@ -187,6 +251,8 @@ fn serve(path: Option<&Path>, runtime: Option<RuntimeArg>) -> Result<(), Failure
     let users_file = config.accounts.file.clone();
     let services = Arc::new(Services::new(config).map_err(runtime_err)?);
     let bound = services.bind().map_err(runtime_err)?;
+    tern_host::queue::start(&services)
+        .map_err(|e| runtime_err(format!("cannot start the queue: {e}")))?;
 
     let listeners: Vec<(String, String)> = bound
         .iter()
@@ -224,6 +290,73 @@ fn check_config(path: Option<&Path>) -> Result<(), Failure> {
     };
     print!("{}", config.to_toml());
     Ok(())
+}
+
+/// `tern queue`: one line per message (id, age, sender, recipients, last error), like
+/// Postfix's mailq; `tern queue flush` leaves the trigger file the server looks for.
+fn queue(action: Option<&str>, path: Option<&Path>) -> Result<(), Failure> {
+    let config = config_or_default(path)?;
+    let dir = config.data_dir.join("queue");
+    if action == Some("flush") {
+        tern_host::queue::Queue::request_flush(&dir).map_err(runtime_err)?;
+        println!("flush requested; the running server retries every queued message now");
+        return Ok(());
+    }
+    if !dir.exists() {
+        println!("Mail queue is empty");
+        return Ok(());
+    }
+    let queue = tern_host::queue::Queue::open_for_listing(&dir).map_err(runtime_err)?;
+    let (entries, errors) = queue.entries().map_err(runtime_err)?;
+    for error in errors {
+        eprintln!("tern: {error}");
+    }
+    if entries.is_empty() {
+        println!("Mail queue is empty");
+        return Ok(());
+    }
+    let now = tern_host::queue::unix_now();
+    for entry in &entries {
+        let age = now.saturating_sub(entry.arrival);
+        let sender = if entry.sender.is_empty() {
+            "MAILER-DAEMON"
+        } else {
+            &entry.sender
+        };
+        println!(
+            "{}  {}  {}  {sender}",
+            entry.id,
+            entry.size,
+            format_age(age)
+        );
+        for rcpt in &entry.recipients {
+            if rcpt.state != tern_host::queue::State::Pending {
+                continue;
+            }
+            match &rcpt.last_error {
+                Some(error) => println!("    {}  ({error})", rcpt.address),
+                None => println!("    {}", rcpt.address),
+            }
+        }
+    }
+    println!("-- {} message(s)", entries.len());
+    Ok(())
+}
+
+fn format_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn config_or_default(path: Option<&Path>) -> Result<Config, Failure> {
+    match path {
+        Some(path) => load(path),
+        None => Ok(config::embedded_default(Path::new(EMBEDDED_DATA_DIR))),
+    }
 }
 
 fn passwd(scheme: &str) -> Result<(), Failure> {

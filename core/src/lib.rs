@@ -6,6 +6,7 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod dovecot;
+pub mod dsn;
 pub mod net;
 pub mod policy;
 pub mod recipient;

@@ -8,5 +8,6 @@ pub mod headers;
 pub mod log;
 pub mod maildir;
 pub mod password;
+pub mod queue;
 pub mod service;
 pub mod tls;

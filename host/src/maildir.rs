@@ -110,6 +110,16 @@ impl Spool {
         self.len() == 0
     }
 
+    /// Writes the text out, fsyncs it and gives it a second name, `to` (on the same file
+    /// system), that outlives the spool: how the outbound queue keeps a message without
+    /// copying it. The directory of `to` is not fsynced here.
+    pub fn link_durably(&mut self, to: &Path) -> io::Result<()> {
+        self.finish()
+            .and_then(|()| self.out.get_ref().sync_all())
+            .map_err(|e| with_path(e, "cannot write spool file", &self.path))?;
+        fs::hard_link(&self.path, to).map_err(|e| with_path(e, "cannot link into", to))
+    }
+
     /// Finishes writing and returns the stored text (LF line ends), for reading from its
     /// start: what is handed to another LMTP server instead of a Maildir. The reader shares
     /// the spool's file, which is emptied for the next message when the spool is dropped:

@@ -16,15 +16,11 @@
 //! its own.
 //!
 //! Known limits of this first version:
-//! - There is no outbound queue yet. A message with a recipient in another domain (one that
-//!   the restrictions permitted, or an alias that points elsewhere) is not delivered at
-//!   all: it is answered with a temporary failure (451 4.3.0) and logged as
-//!   `status=deferred (outbound delivery not implemented)`.
+//! - A message with a recipient in another domain (one that the restrictions permitted, or
+//!   an alias that points elsewhere) goes into the outbound queue ([`crate::queue`]) before
+//!   the 250; the queue's delivery thread runs once [`crate::queue::start`] is called.
 //! - `reject_unknown_recipient_domain` resolves `domain:25` with the system resolver (A and
 //!   AAAA records); MX records are not consulted yet.
-//! - With `delivery.local = "lmtp:..."` (see `lmtp_out`), recipients that the LMTP server
-//!   refuses while it takes others are only logged on an SMTP listener: neither retried nor
-//!   bounced, as long as there is no queue.
 //! - With `accounts.dovecot_auth`, SCRAM-SHA-256 is not offered: Dovecot's auth socket
 //!   only checks a password (PLAIN), it does not give out SCRAM keys.
 //!
@@ -38,6 +34,7 @@ mod drive;
 mod embedded;
 mod listen;
 mod lmtp_out;
+mod submit;
 #[cfg(test)]
 mod tests;
 
@@ -64,10 +61,12 @@ pub use self::connection::{Action, Answer, ConnectionHandler, Work};
 pub use self::drive::{Driver, MAX_PENDING, Step, handshake_deadline};
 pub use self::embedded::{Embedded, embedded};
 pub use self::listen::{Bound, Socket};
+pub use self::submit::{Refused, Submission};
 use crate::accounts::{Accounts, expand_mailbox_path};
 use crate::config::{self, Config, ListenerAuth, ListenerTls, LogTarget, Protocol};
 use crate::log::{MailLog, QueueIds, client_name};
 use crate::maildir::{Maildirs, clean_spool};
+use crate::queue::Queue;
 
 /// How long a stopping server waits for sessions still inside a transaction.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -90,6 +89,8 @@ pub struct Services {
     /// Salts SCRAM keys made from `{PLAIN}` passwords; kept in `data_dir` so they stay the
     /// same across restarts.
     scram_secret: Vec<u8>,
+    /// The outbound queue under `data_dir/queue`.
+    queue: Arc<Queue>,
     /// What every dovecot-auth connection shares; `None` when no listener needs it.
     auth_server: Option<Arc<dovecot::ServerConfig>>,
     /// Numbers dovecot-auth connections for their `CUID` line.
@@ -146,6 +147,9 @@ impl Services {
             None => None,
         };
         let scram_secret = load_scram_secret(&config.data_dir)?;
+        let queue = Queue::open(&config.data_dir.join("queue"))
+            .map(Arc::new)
+            .map_err(|e| StartError(e.to_string()))?;
         // SPEC.md section 4: SCRAM-SHA-256 is offered only where it can succeed, which needs
         // an account whose stored password can give SCRAM keys, and tern checking passwords
         // itself. The check is made at start.
@@ -198,6 +202,7 @@ impl Services {
             sessions,
             spool_dir,
             scram_secret,
+            queue,
         };
         services.clean_maildirs();
         Ok(services)

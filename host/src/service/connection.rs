@@ -331,7 +331,7 @@ impl ConnectionHandler {
             }
         };
 
-        let spool = match spool {
+        let mut spool = match spool {
             Ok(spool) => spool,
             Err(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
                 defer("cannot write the spool file: disk full", "4.3.1");
@@ -342,14 +342,6 @@ impl ConnectionHandler {
                 return all(RcptOutcome::TempFailure);
             }
         };
-        if destinations
-            .iter()
-            .any(|(_, d)| matches!(d, Destination::Remote(_)))
-        {
-            defer("outbound delivery not implemented", "4.3.0");
-            return all(RcptOutcome::TempFailure);
-        }
-
         let info = ReceivedInfo {
             helo: envelope.helo.clone(),
             client_ip: self.peer.client,
@@ -359,7 +351,22 @@ impl ConnectionHandler {
             queue_id: id.clone(),
             recipient: None,
         };
-        if let LocalDelivery::Lmtp(target) = &services.config.delivery.local {
+        // Remote recipients are queued first and committed only once the local copies are
+        // in place, so the one reply holds for all.
+        let queued = match super::submit::queue_remote(&services, envelope, &info, size, &mut spool)
+        {
+            Ok(queued) => queued,
+            Err(e) => {
+                defer(&format!("cannot queue: {e}"), "4.3.0");
+                return all(RcptOutcome::TempFailure);
+            }
+        };
+        let has_local = destinations
+            .iter()
+            .any(|(_, d)| matches!(d, Destination::Local { .. }));
+        if let LocalDelivery::Lmtp(target) = &services.config.delivery.local
+            && has_local
+        {
             let job = lmtp_out::Handoff {
                 id: &id,
                 envelope,
@@ -369,9 +376,17 @@ impl ConnectionHandler {
                 started,
                 mode: self.mode(),
             };
+            let recipients = lmtp_out::deliver(&services, target, &job, spool);
+            // The queued part stands or falls with the answer: kept when the LMTP server
+            // took the message for someone, so the client does not send it again.
+            let taken = recipients.contains(&RcptOutcome::Delivered);
+            if taken && queued.is_some_and(|pending| pending.commit().is_err()) {
+                defer("cannot commit to the queue", "4.3.0");
+                return all(RcptOutcome::TempFailure);
+            }
             return DeliveryReport {
                 queue_id: id.clone(),
-                recipients: lmtp_out::deliver(&services, target, &job, spool),
+                recipients,
             };
         }
         let copies = match build_copies(&services, &sender, &info, &destinations, SystemTime::now())
@@ -384,6 +399,10 @@ impl ConnectionHandler {
         };
 
         match services.maildirs.deliver(spool, &copies) {
+            Ok(_) if queued.is_some_and(|pending| pending.commit().is_err()) => {
+                defer("cannot commit to the queue", "4.3.0");
+                all(RcptOutcome::TempFailure)
+            }
             Ok(_) => {
                 let delay = started.elapsed().as_secs_f64();
                 for (rcpt, destination) in &destinations {

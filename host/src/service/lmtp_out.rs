@@ -16,10 +16,11 @@
 //! - On an SMTP listener there is one answer: `250` when the server took the message for at
 //!   least one recipient, `451 4.3.0` when it took it for none.
 //!
-//! Known limit: until the outbound queue exists, the recipients the server refused while it
-//! took others (on an SMTP listener, where the client was answered `250`) are only logged,
-//! `status=deferred` or `status=bounced` with the server's reply. They are neither retried
-//! nor returned to the sender as a DSN.
+//! The recipients the server refused while it took others (on an SMTP listener, where the
+//! client is answered `250`) are logged `status=deferred` or `status=bounced` with the
+//! server's reply and handed to the outbound queue before the 250
+//! ([`Services::queue_refused`]): a 4xx is retried over LMTP, a 5xx returned to the sender
+//! in a delivery status notification.
 //!
 //! Each message gets its own connection (no connection cache), without TLS, with the reply
 //! timeouts of RFC 5321 section 4.5.3.2 that [`client::Timeouts`] has by default.
@@ -130,8 +131,6 @@ pub(super) fn deliver(
                 .map_err(|failure| (failure.relay, failure.reason, "4.4.1"))
             }),
     };
-    drop(spool);
-
     let results: Vec<Fate> = match &result {
         Ok((relay, report)) => report
             .recipients
@@ -151,7 +150,23 @@ pub(super) fn deliver(
 
     // SPEC.md section 5: on SMTP, 451 for the whole message when the server took it for
     // nobody, so everything is logged as deferred: the client keeps it and tries again.
-    let any_sent = results.iter().any(|r| r.outcome == RcptOutcome::Delivered);
+    let mut any_sent = results.iter().any(|r| r.outcome == RcptOutcome::Delivered);
+    // When it took it for some, the others go into the queue before the 250: retried, or
+    // returned to the sender. If that fails, the client must send the message again.
+    if job.mode == Mode::Smtp
+        && any_sent
+        && let Err(e) = queue_refused(services, job, &finals, &results, &mut spool)
+    {
+        services.log.write(
+            "lmtp",
+            &format!(
+                "warning: {}: cannot queue the refused recipients: {e}",
+                job.id
+            ),
+        );
+        any_sent = false;
+    }
+    drop(spool);
     let none_taken = job.mode == Mode::Smtp && !any_sent;
     let delay = job.started.elapsed().as_secs_f64();
     for ((address, rcpt), result) in finals.iter().zip(&results) {
@@ -179,6 +194,42 @@ pub(super) fn deliver(
     }
 
     answers(job, &finals, &results, any_sent)
+}
+
+/// Hands the recipients the server refused to the queue ([`Services::queue_refused`]).
+fn queue_refused(
+    services: &Services,
+    job: &Handoff<'_>,
+    finals: &[(String, String)],
+    results: &[Fate],
+    spool: &mut Spool,
+) -> io::Result<()> {
+    let refused: Vec<super::Refused> = finals
+        .iter()
+        .zip(results)
+        .filter(|(_, fate)| fate.outcome != RcptOutcome::Delivered)
+        .map(|((address, rcpt), fate)| super::Refused {
+            address: address.clone(),
+            rcpt: rcpt.clone(),
+            permanent: matches!(
+                fate.outcome,
+                RcptOutcome::UnknownUser | RcptOutcome::Rejected
+            ),
+            status: fate.dsn.clone(),
+            reply: fate.text.clone(),
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let received = headers::received(&job.info, SystemTime::now());
+    let size = job.size + received.len() as u64 + received.lines().count() as u64;
+    let id = services.queue_refused(job.envelope, &received, size, spool, &refused)?;
+    services.log.write(
+        "lmtp",
+        &format!("{}: refused recipients queued as {id}", job.id),
+    );
+    Ok(())
 }
 
 /// Why the message could not be handed on, for every recipient alike.

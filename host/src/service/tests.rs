@@ -321,19 +321,43 @@ fn a_failed_login_is_logged_without_the_password() {
 }
 
 #[test]
-fn mail_for_another_domain_is_deferred_not_delivered() {
+fn mail_for_another_domain_is_queued_with_the_local_copies() {
     let dir = tempfile::tempdir().unwrap();
     let services = services(dir.path(), "");
-    let script = b"EHLO x\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nMAIL FROM:<bob@example.net>\r\n\
-        RCPT TO:<bob@example.net>\r\nRCPT TO:<sales@example.net>\r\nDATA\r\nx\r\n.\r\n";
+    let script =
+        b"EHLO x\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nMAIL FROM:<bob@example.net> RET=HDRS\r\n\
+        RCPT TO:<bob@example.net>\r\nRCPT TO:<sales@example.net> NOTIFY=SUCCESS,FAILURE\r\n\
+        DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n";
     let sent = converse(&services, 0, None, script);
-    assert!(sent.contains("451 4.3.0"), "{sent}");
-    assert!(!dir.path().join("mail/example.net/bob/Maildir/new").exists());
-    let log = fs::read_to_string(dir.path().join("mail.log")).unwrap();
+    assert!(sent.contains("250 2.0.0 Ok: queued as"), "{sent}");
+    let new = dir.path().join("mail/example.net/bob/Maildir/new");
+    assert_eq!(fs::read_dir(&new).unwrap().count(), 1);
+
+    // sales@ is bob@example.net (local, delivered above) and carol@example.org (queued).
+    let (entries, errors) = services.queue().entries().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(entry.sender, "bob@example.net");
+    assert_eq!(entry.ret.as_deref(), Some("HDRS"));
+    assert_eq!(entry.recipients.len(), 1);
+    let rcpt = &entry.recipients[0];
+    assert_eq!(rcpt.address, "carol@example.org");
+    assert_eq!(rcpt.orcpt.as_deref(), Some("rfc822;sales@example.net"));
+    assert_eq!(rcpt.notify.as_deref(), Some("SUCCESS,FAILURE"));
+    assert_eq!(rcpt.state, crate::queue::State::Pending);
     assert!(
-        log.contains("to=<carol@example.org>, orig_to=<sales@example.net>, relay=none, delay=")
+        entry.received.starts_with("Received: from x ("),
+        "{}",
+        entry.received
     );
-    assert!(log.contains("dsn=4.3.0, status=deferred (outbound delivery not implemented)"));
+    assert!(
+        entry.received.contains("for <carol@example.org>;"),
+        "{}",
+        entry.received
+    );
+    let text = fs::read(services.queue().message_path(&entry.id)).unwrap();
+    assert_eq!(text, b"Subject: x\n\nbody\n");
 }
 
 #[test]

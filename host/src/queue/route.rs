@@ -1,0 +1,256 @@
+//! Where mail for a destination goes: the `relay_host`, or the domain's MX hosts in
+//! preference order with the domain's own A/AAAA records when it has no MX (RFC 5321
+//! section 5.1), looked up with hickory-resolver through `dns_servers` or
+//! `/etc/resolv.conf`.
+//!
+//! Known limits: MX hosts of equal preference are tried in the order the DNS gave them, not
+//! shuffled; a `relay_host` is always looked up by its address records (as Postfix does for
+//! `[host]`), with the system resolver, never by MX.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::{ResolveError, TokioResolver};
+use tokio::runtime::Runtime;
+
+use crate::config::DeliveryConfig;
+
+/// SMTP's port, the only one MX delivery uses.
+const SMTP_PORT: u16 = 25;
+
+/// One address to try, with the host name it belongs to (for TLS and the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Target {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// Why no address could be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RouteError {
+    /// Whether retrying cannot help (the domain does not exist, or has a null MX).
+    pub permanent: bool,
+    /// The enhanced status code.
+    pub status: &'static str,
+    /// What happened, for the log and the notification.
+    pub text: String,
+}
+
+/// Finds the addresses of destinations; one per worker thread.
+pub(super) enum Router {
+    /// Everything goes to the relay host (`host`, port).
+    Relay(String, u16),
+    /// MX lookups with this resolver, on this runtime.
+    Dns(Box<TokioResolver>, Runtime),
+}
+
+impl Router {
+    /// A router for the `[delivery]` configuration.
+    pub fn new(config: &DeliveryConfig) -> Result<Router, String> {
+        let relay = config
+            .relay_host
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .map(parse_relay);
+        if let Some((host, port)) = relay {
+            return Ok(Router::Relay(host, port));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the DNS runtime: {e}"))?;
+        let resolver = if config.dns_servers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
+                .build()
+        } else {
+            let mut group = NameServerConfigGroup::new();
+            for server in &config.dns_servers {
+                let addr = parse_server(server)
+                    .ok_or_else(|| format!("dns_servers: {server} is not ip or ip:port"))?;
+                group.push(NameServerConfig::new(addr, Protocol::Udp));
+                group.push(NameServerConfig::new(addr, Protocol::Tcp));
+            }
+            let config = ResolverConfig::from_parts(None, Vec::new(), group);
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build()
+        };
+        Ok(Router::Dns(Box::new(resolver), runtime))
+    }
+
+    /// Whether every message goes to the relay host.
+    pub fn has_relay(relay_host: Option<&str>) -> bool {
+        relay_host.is_some_and(|h| !h.is_empty())
+    }
+
+    /// The addresses to try for `domain` (ignored with a relay host), best first.
+    pub fn targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
+        let (resolver, runtime) = match self {
+            Router::Relay(host, port) => return resolve_relay(host, *port),
+            Router::Dns(resolver, runtime) => (resolver, runtime),
+        };
+        if let Some(ip) = address_literal(domain) {
+            return Ok(vec![Target {
+                host: ip.to_string(),
+                addr: SocketAddr::new(ip, SMTP_PORT),
+            }]);
+        }
+
+        let name = format!("{}.", domain.trim_end_matches('.'));
+        let hosts = match runtime.block_on(resolver.mx_lookup(name.as_str())) {
+            Ok(lookup) => {
+                let mut mx: Vec<(u16, String)> = lookup
+                    .iter()
+                    .map(|mx| (mx.preference(), mx.exchange().to_ascii()))
+                    .collect();
+                // RFC 7505: a single MX of "." says the domain takes no mail.
+                if mx.len() == 1 && mx[0].1 == "." {
+                    return Err(RouteError {
+                        permanent: true,
+                        status: "5.1.10",
+                        text: format!("domain {domain} does not accept mail (null MX)"),
+                    });
+                }
+                mx.sort_by_key(|(preference, _)| *preference);
+                mx.into_iter().map(|(_, host)| host).collect()
+            }
+            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => vec![name.clone()],
+            Err(e) => return Err(dns_error(domain, "MX", &e)),
+        };
+
+        let mut targets = Vec::new();
+        let mut last_error = None;
+        for host in hosts {
+            match runtime.block_on(resolver.lookup_ip(host.as_str())) {
+                Ok(lookup) => targets.extend(lookup.iter().map(|ip| Target {
+                    host: host.trim_end_matches('.').to_owned(),
+                    addr: SocketAddr::new(ip, SMTP_PORT),
+                })),
+                Err(e) => last_error = Some(dns_error(&host, "A/AAAA", &e)),
+            }
+        }
+        match (targets.is_empty(), last_error) {
+            (false, _) => Ok(targets),
+            (true, Some(e)) => Err(e),
+            (true, None) => Err(RouteError {
+                permanent: false,
+                status: "4.4.4",
+                text: format!("no address found for the mail hosts of {domain}"),
+            }),
+        }
+    }
+}
+
+/// `host`, `host:port`, `[host]` or `[host]:port`; the port defaults to 25.
+fn parse_relay(text: &str) -> (String, u16) {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => (rest, None),
+        },
+        None => match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (text, None),
+        },
+    };
+    let port = port.and_then(|p| p.parse().ok()).unwrap_or(SMTP_PORT);
+    (host.to_owned(), port)
+}
+
+fn resolve_relay(host: &str, port: u16) -> Result<Vec<Target>, RouteError> {
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let targets: Vec<Target> = addrs
+                .map(|addr| Target {
+                    host: host.to_owned(),
+                    addr,
+                })
+                .collect();
+            if targets.is_empty() {
+                Err(RouteError {
+                    permanent: false,
+                    status: "4.4.4",
+                    text: format!("relay host {host} has no address"),
+                })
+            } else {
+                Ok(targets)
+            }
+        }
+        Err(e) => Err(RouteError {
+            permanent: false,
+            status: "4.4.4",
+            text: format!("cannot look up relay host {host}: {e}"),
+        }),
+    }
+}
+
+fn address_literal(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+        .unwrap_or(inner);
+    inner.parse().ok()
+}
+
+fn parse_server(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    text.parse().ok()
+}
+
+/// Postfix's wording: a name that does not exist is permanent (5.4.4), anything else is a
+/// temporary failure of the name service (4.4.3).
+fn dns_error(name: &str, kind: &str, e: &ResolveError) -> RouteError {
+    let what =
+        format!("Host or domain name not found. Name service error for name={name} type={kind}");
+    if e.is_nx_domain() {
+        RouteError {
+            permanent: true,
+            status: "5.4.4",
+            text: format!("{what}: Host not found"),
+        }
+    } else {
+        RouteError {
+            permanent: false,
+            status: "4.4.3",
+            text: format!("{what}: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_host_forms() {
+        assert_eq!(parse_relay("mx.example"), ("mx.example".into(), 25));
+        assert_eq!(parse_relay("mx.example:2525"), ("mx.example".into(), 2525));
+        assert_eq!(parse_relay("[127.0.0.1]:26"), ("127.0.0.1".into(), 26));
+        assert_eq!(parse_relay("[::1]:26"), ("::1".into(), 26));
+        assert_eq!(parse_relay("[mx.example]"), ("mx.example".into(), 25));
+    }
+
+    #[test]
+    fn literals_and_servers() {
+        assert_eq!(
+            address_literal("[127.0.0.2]"),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(address_literal("[IPv6:::1]"), Some("::1".parse().unwrap()));
+        assert_eq!(address_literal("example.org"), None);
+        assert_eq!(
+            parse_server("127.0.0.1"),
+            Some("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("127.0.0.1:5353"),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(parse_server("[::1]:53"), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(parse_server("dns.example"), None);
+    }
+}
