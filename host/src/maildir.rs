@@ -36,6 +36,8 @@ pub struct Spool {
     /// The last call ended in CR; whether it is a line end depends on the next byte.
     pending_cr: bool,
     len: u64,
+    /// The file has another name (see [`Spool::link_durably`]), so it must not be reused.
+    linked: bool,
 }
 
 impl Spool {
@@ -62,6 +64,7 @@ impl Spool {
             buf: Vec::with_capacity(SPOOL_BUFFER),
             pending_cr: false,
             len: 0,
+            linked: false,
         })
     }
 
@@ -112,11 +115,14 @@ impl Spool {
 
     /// Writes the text out, fsyncs it and gives it a second name, `to` (on the same file
     /// system), that outlives the spool: how the outbound queue keeps a message without
-    /// copying it. The directory of `to` is not fsynced here.
+    /// copying it. The directory of `to` is not fsynced here. A spool linked this way is
+    /// never emptied for reuse: when it is dropped only its own name is removed.
     pub fn link_durably(&mut self, to: &Path) -> io::Result<()> {
         self.finish()
-            .and_then(|()| self.out.get_ref().sync_all())
+            .and_then(|()| self.file.sync_all())
             .map_err(|e| with_path(e, "cannot write spool file", &self.path))?;
+        // Set before linking: a file that may have a second name is never emptied.
+        self.linked = true;
         fs::hard_link(&self.path, to).map_err(|e| with_path(e, "cannot link into", to))
     }
 
@@ -164,6 +170,10 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        if self.linked {
+            let _ = fs::remove_file(&self.path);
+            return;
+        }
         // The file itself cannot move out of `self` here; a second descriptor of it can.
         let emptied = self.file.try_clone().and_then(|mut file| {
             file.set_len(0)?;
@@ -774,6 +784,22 @@ mod tests {
         drop(spool);
         assert_eq!(files_in(&spool_dir), files);
         assert_eq!(spooled_bytes(&spool_dir), 0);
+    }
+
+    #[test]
+    fn a_spool_linked_elsewhere_is_never_emptied_or_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let mut spool = spool_with(dir.path(), &[b"queued\r\n"]);
+        let queued = dir.path().join("queued");
+        spool.link_durably(&queued).unwrap();
+        drop(spool);
+        assert!(files_in(&spool_dir).is_empty());
+
+        let mut next = spool_with(dir.path(), &[b"other\r\n"]);
+        next.reader().unwrap();
+        drop(next);
+        assert_eq!(fs::read(&queued).unwrap(), b"queued\n");
     }
 
     #[test]
