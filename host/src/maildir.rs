@@ -12,71 +12,60 @@
 //! with `,S=<size>` in `new/`.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The message as received, written to a file as it arrives.
 ///
-/// The file is removed when the spool is dropped or delivered. If a write fails the spool is
-/// unusable and should be dropped.
+/// When the spool is dropped or delivered its file is emptied and kept for the next message
+/// in the same directory (a few dozen at most; beyond that, or if emptying fails, the file is
+/// removed). Creating and deleting a file per message made the file system's inode
+/// allocator the largest cost of receiving small messages (ext4 scans past every inode freed
+/// in the last seconds); an emptied file costs no inode at all. Spool files are never synced:
+/// after a crash they are only leftovers, which [`clean_spool`] removes at start.
 #[derive(Debug)]
 pub struct Spool {
     path: PathBuf,
-    out: BufWriter<File>,
+    file: File,
+    /// Text not yet written to `file`.
+    buf: Vec<u8>,
     /// The last call ended in CR; whether it is a line end depends on the next byte.
     pending_cr: bool,
     len: u64,
+    /// The file has another name (see [`Spool::link_durably`]), so it must not be reused.
+    linked: bool,
 }
 
 impl Spool {
-    /// Creates a new spool file in `dir` (mode 0600, a fresh unique name), creating `dir`
-    /// with mode 0700 if it is missing.
+    /// Opens a spool file in `dir`: an emptied one kept from an earlier message, or a new one
+    /// (mode 0600, a fresh unique name), creating `dir` with mode 0700 if it is missing.
     pub fn create(dir: &Path) -> io::Result<Spool> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| with_path(e, "cannot create spool directory", dir))?;
-
-        // The name is unique within the process; O_EXCL catches a leftover from an earlier
-        // process that had the same pid.
-        for _ in 0..100 {
-            let now = since_epoch(SystemTime::now());
-            let n = SPOOL_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let name = format!(
-                "{}.N{}P{}Q{}.spool",
-                now.as_secs(),
-                now.subsec_nanos(),
-                std::process::id(),
-                n
-            );
-            let path = dir.join(name);
-            let opened = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path);
-            match opened {
-                Ok(file) => {
-                    return Ok(Spool {
-                        path,
-                        out: BufWriter::with_capacity(SPOOL_BUFFER, file),
-                        pending_cr: false,
-                        len: 0,
-                    });
+        let (path, file) = match reuse(dir) {
+            Some(kept) => kept,
+            None => match create_spool_file(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| with_path(e, "cannot create spool directory", dir))?;
+                    create_spool_file(dir)?
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(with_path(e, "cannot create spool file", &path)),
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("cannot find a free spool file name in {}", dir.display()),
-        ))
+                other => other?,
+            },
+        };
+        Ok(Spool {
+            path,
+            file,
+            buf: Vec::with_capacity(SPOOL_BUFFER),
+            pending_cr: false,
+            len: 0,
+            linked: false,
+        })
     }
 
     /// Appends message text as it came off the wire: CRLF line ends, dot-stuffing already
@@ -126,28 +115,47 @@ impl Spool {
 
     /// Writes the text out, fsyncs it and gives it a second name, `to` (on the same file
     /// system), that outlives the spool: how the outbound queue keeps a message without
-    /// copying it. The directory of `to` is not fsynced here.
+    /// copying it. The directory of `to` is not fsynced here. A spool linked this way is
+    /// never emptied for reuse: when it is dropped only its own name is removed.
     pub fn link_durably(&mut self, to: &Path) -> io::Result<()> {
         self.finish()
-            .and_then(|()| self.out.get_ref().sync_all())
+            .and_then(|()| self.file.sync_all())
             .map_err(|e| with_path(e, "cannot write spool file", &self.path))?;
+        // Set before linking: a file that may have a second name is never emptied.
+        self.linked = true;
         fs::hard_link(&self.path, to).map_err(|e| with_path(e, "cannot link into", to))
     }
 
     /// Finishes writing and returns the stored text (LF line ends), for reading from its
-    /// start: what is handed to another LMTP server instead of a Maildir.
+    /// start: what is handed to another LMTP server instead of a Maildir. The reader shares
+    /// the spool's file, which is emptied for the next message when the spool is dropped:
+    /// drop the reader first.
     pub fn reader(&mut self) -> io::Result<File> {
         self.finish()
             .map_err(|e| with_path(e, "cannot write spool file", &self.path))?;
-        let mut file = self.out.get_ref().try_clone()?;
+        let mut file = self.file.try_clone()?;
         file.seek(SeekFrom::Start(0))?;
         Ok(file)
     }
 
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.out.write_all(bytes)?;
+        // Large pieces go straight to the file rather than through the buffer.
+        if self.buf.len() + bytes.len() > SPOOL_BUFFER {
+            self.flush_buf()?;
+        }
+        if bytes.len() >= SPOOL_BUFFER {
+            self.file.write_all(bytes)?;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
         self.len += bytes.len() as u64;
         Ok(())
+    }
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        let result = self.file.write_all(&self.buf);
+        self.buf.clear();
+        result
     }
 
     /// Writes out a CR still held back and the buffer.
@@ -156,13 +164,28 @@ impl Spool {
             self.pending_cr = false;
             self.put(b"\r")?;
         }
-        self.out.flush()
+        self.flush_buf()
     }
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        if self.linked {
+            let _ = fs::remove_file(&self.path);
+            return;
+        }
+        // The file itself cannot move out of `self` here; a second descriptor of it can.
+        let emptied = self.file.try_clone().and_then(|mut file| {
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
+            Ok(file)
+        });
+        match emptied {
+            Ok(file) => keep(std::mem::take(&mut self.path), file),
+            Err(_) => {
+                let _ = fs::remove_file(&self.path);
+            }
+        }
     }
 }
 
@@ -253,7 +276,7 @@ impl Maildirs {
             .map_err(|e| with_path(e, "cannot write spool file", &spool.path))?;
 
         let mut work = Work::default();
-        match self.write_all_copies(spool.out.get_ref(), copies, &mut work) {
+        match self.write_all_copies(&spool.file, copies, &mut work) {
             Ok(paths) => {
                 // The links in new/ are durable; a tmp name that outlives a crash here is
                 // only a second name for the same file, and clean_tmp removes it.
@@ -322,24 +345,41 @@ impl Maildirs {
         work: &mut Work,
     ) -> io::Result<Vec<PathBuf>> {
         let mut pending = Vec::with_capacity(copies.len());
+        let mut written = Vec::with_capacity(copies.len());
         for copy in copies {
-            ensure_maildir(&copy.maildir, &mut work.dirs_to_sync)?;
             let name = self.unique_name();
             let tmp = copy.maildir.join("tmp").join(&name);
-            let size = write_copy(&tmp, &copy.headers, spool, work)?;
+            let (file, size) = write_copy(&copy.maildir, &tmp, &copy.headers, spool, work)?;
             let new = copy.maildir.join("new").join(format!("{name},S={size}"));
-            pending.push((tmp, new));
+            written.push(file);
+            pending.push((&copy.maildir, tmp, new));
         }
 
-        for (tmp, new) in &pending {
-            fs::hard_link(tmp, new).map_err(|e| with_path(e, "cannot link into", new))?;
+        // Every copy is on disk before any is linked into new/. Syncing the copies on threads
+        // at once was tried: with 20 busy sessions it was no faster, the journal rather than
+        // one message's wait being the bottleneck (bench/README.md).
+        for (file, (_, tmp, _)) in written.iter().zip(&pending) {
+            file.sync_all()
+                .map_err(|e| with_path(e, "cannot write", tmp))?;
+        }
+
+        for (maildir, tmp, new) in &pending {
+            let linked = match fs::hard_link(tmp, new) {
+                // new/ went missing while tmp/ is there: make it and try again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    ensure_maildir(maildir, &mut work.dirs_to_sync)
+                        .and_then(|()| fs::hard_link(tmp, new))
+                }
+                other => other,
+            };
+            linked.map_err(|e| with_path(e, "cannot link into", new))?;
             work.linked.push(new.clone());
             push_unique(&mut work.dirs_to_sync, parent_dir(new));
         }
         for dir in &work.dirs_to_sync {
             sync_dir(dir)?;
         }
-        Ok(pending.into_iter().map(|(_, new)| new).collect())
+        Ok(pending.into_iter().map(|(_, _, new)| new).collect())
     }
 
     fn unique_name(&self) -> String {
@@ -381,6 +421,7 @@ impl Maildirs {
 /// Removes every file in the spool directory `dir`; returns how many. Meant for start-up,
 /// before any [`Spool`] of this process exists. A missing directory holds nothing.
 pub fn clean_spool(dir: &Path) -> io::Result<usize> {
+    forget_kept(dir);
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -409,6 +450,73 @@ const START_SLACK: Duration = Duration::from_secs(2);
 
 static SPOOL_COUNTER: AtomicU64 = AtomicU64::new(1);
 
+/// How many emptied spool files are kept for reuse, over all spool directories.
+const KEPT_SPOOLS: usize = 64;
+
+/// Emptied spool files with their paths, the most recently emptied last. Kept per process,
+/// not per [`Maildirs`], so that the [`Spool`] API stays a plain constructor.
+static KEPT: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
+
+/// An emptied spool file in `dir`, if one is kept.
+fn reuse(dir: &Path) -> Option<(PathBuf, File)> {
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let i = kept
+        .iter()
+        .rposition(|(path, _)| path.parent() == Some(dir))?;
+    Some(kept.swap_remove(i))
+}
+
+/// Keeps an emptied spool file for reuse, removing the oldest kept one if there are too
+/// many.
+fn keep(path: PathBuf, file: File) {
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.len() >= KEPT_SPOOLS {
+        let (oldest, _) = kept.remove(0);
+        let _ = fs::remove_file(oldest);
+    }
+    kept.push((path, file));
+}
+
+/// Forgets the kept files of `dir`, whose files are about to be removed.
+fn forget_kept(dir: &Path) {
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    kept.retain(|(path, _)| path.parent() != Some(dir));
+}
+
+/// Creates a new spool file in the existing directory `dir`.
+fn create_spool_file(dir: &Path) -> io::Result<(PathBuf, File)> {
+    // The name is unique within the process; O_EXCL catches a leftover from an earlier
+    // process that had the same pid.
+    for _ in 0..100 {
+        let now = since_epoch(SystemTime::now());
+        let n = SPOOL_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}.N{}P{}Q{}.spool",
+            now.as_secs(),
+            now.subsec_nanos(),
+            std::process::id(),
+            n
+        );
+        let path = dir.join(name);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match opened {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) => return Err(with_path(e, "cannot create spool file", &path)),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("cannot find a free spool file name in {}", dir.display()),
+    ))
+}
+
 /// What one delivery has made so far, to undo on failure.
 #[derive(Debug, Default)]
 struct Work {
@@ -426,25 +534,48 @@ fn classify(e: io::Error) -> DeliveryError {
     }
 }
 
-/// Writes `headers` and the whole spool to the new file `tmp`, fsyncs it and returns its size.
-fn write_copy(tmp: &Path, headers: &[u8], spool: &File, work: &mut Work) -> io::Result<u64> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(|e| with_path(e, "cannot create", tmp))?;
+/// Writes `headers` and the whole spool to the new file `tmp` in `maildir`'s tmp/ and returns
+/// the file, not yet synced, and its size.
+///
+/// The Maildir's directories are checked only by trying: they are made (see
+/// [`ensure_maildir`]) when the file cannot be created for want of them, or when cur/ is
+/// missing. An existing Maildir thus costs one `stat` per copy instead of eight system calls.
+fn write_copy(
+    maildir: &Path,
+    tmp: &Path,
+    headers: &[u8],
+    spool: &File,
+    work: &mut Work,
+) -> io::Result<(File, u64)> {
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            ensure_maildir(maildir, &mut work.dirs_to_sync)?;
+            create()
+        }
+        other => other,
+    }
+    .map_err(|e| with_path(e, "cannot create", tmp))?;
     work.tmp.push(tmp.to_path_buf());
+    if !maildir.join("cur").is_dir() {
+        ensure_maildir(maildir, &mut work.dirs_to_sync)?;
+    }
 
     let written = (|| {
         file.write_all(headers)?;
         let mut source = spool;
         source.seek(SeekFrom::Start(0))?;
-        io::copy(&mut source, &mut file)?;
-        file.sync_all()?;
-        Ok(file.metadata()?.len())
+        let copied = io::copy(&mut source, &mut file)?;
+        Ok(headers.len() as u64 + copied)
     })();
-    written.map_err(|e: io::Error| with_path(e, "cannot write", tmp))
+    let size = written.map_err(|e: io::Error| with_path(e, "cannot write", tmp))?;
+    Ok((file, size))
 }
 
 /// Creates the Maildir, its missing parents and its tmp/, new/, cur/ with mode 0700. The
@@ -525,6 +656,14 @@ mod tests {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
+    /// The bytes in all files of a spool directory: 0 when every spool was emptied.
+    fn spooled_bytes(dir: &Path) -> u64 {
+        files_in(dir)
+            .iter()
+            .map(|f| fs::metadata(f).unwrap().len())
+            .sum()
+    }
+
     fn files_in(dir: &Path) -> Vec<PathBuf> {
         match fs::read_dir(dir) {
             Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
@@ -600,10 +739,10 @@ mod tests {
         );
         assert_eq!(mode(path), 0o600);
 
-        // Nothing left behind: tmp/ empty, spool removed.
+        // Nothing left behind: tmp/ empty, the spool emptied.
         assert!(files_in(&maildir.join("tmp")).is_empty());
         assert!(files_in(&maildir.join("cur")).is_empty());
-        assert!(files_in(&dir.path().join("spool")).is_empty());
+        assert_eq!(spooled_bytes(&dir.path().join("spool")), 0);
     }
 
     #[test]
@@ -626,7 +765,7 @@ mod tests {
     }
 
     #[test]
-    fn spool_len_and_removal_on_drop() {
+    fn spool_len_and_emptied_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = spool_with(dir.path(), &[]);
         assert!(spool.is_empty());
@@ -643,7 +782,52 @@ mod tests {
         assert_eq!(files.len(), 1);
         assert_eq!(mode(&files[0]), 0o600);
         drop(spool);
+        assert_eq!(files_in(&spool_dir), files);
+        assert_eq!(spooled_bytes(&spool_dir), 0);
+    }
+
+    #[test]
+    fn a_spool_linked_elsewhere_is_never_emptied_or_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let mut spool = spool_with(dir.path(), &[b"queued\r\n"]);
+        let queued = dir.path().join("queued");
+        spool.link_durably(&queued).unwrap();
+        drop(spool);
         assert!(files_in(&spool_dir).is_empty());
+
+        let mut next = spool_with(dir.path(), &[b"other\r\n"]);
+        next.reader().unwrap();
+        drop(next);
+        assert_eq!(fs::read(&queued).unwrap(), b"queued\n");
+    }
+
+    #[test]
+    fn an_emptied_spool_file_is_reused_without_its_old_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let long = vec![b'y'; 3 * SPOOL_BUFFER];
+        let mut first = spool_with(dir.path(), &[b"first\r\n", &long]);
+        let first_file = files_in(&spool_dir);
+        first.reader().unwrap();
+        drop(first);
+
+        let second = spool_with(dir.path(), &[b"second\r\n"]);
+        assert_eq!(files_in(&spool_dir), first_file);
+        let maildir = dir.path().join("Maildir");
+        let done = Maildirs::new("mail.example.net")
+            .deliver(second, &[copy(&maildir, b"H: 1\n")])
+            .unwrap();
+        assert_eq!(fs::read(&done.paths[0]).unwrap(), b"H: 1\nsecond\n");
+        assert_eq!(spooled_bytes(&spool_dir), 0);
+
+        // After clean_spool removed the kept file, a new one is made.
+        assert_eq!(clean_spool(&spool_dir).unwrap(), 1);
+        let third = Spool::create(&spool_dir).unwrap();
+        let third_file = files_in(&spool_dir);
+        assert_eq!(third_file.len(), 1);
+        assert_ne!(third_file, first_file);
+        drop(third);
     }
 
     #[test]
@@ -713,6 +897,43 @@ mod tests {
     }
 
     #[test]
+    fn many_copies_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with(dir.path(), &[b"x\r\n"]);
+        let n = 35;
+        let copies: Vec<Copy> = (0..n)
+            .map(|i| {
+                copy(
+                    &dir.path().join(format!("m{i}")),
+                    format!("{i}\n").as_bytes(),
+                )
+            })
+            .collect();
+        let done = Maildirs::new("h").deliver(spool, &copies).unwrap();
+        assert_eq!(done.paths.len(), n);
+        for (i, path) in done.paths.iter().enumerate() {
+            assert!(path.starts_with(dir.path().join(format!("m{i}/new"))));
+            assert_eq!(fs::read(path).unwrap(), format!("{i}\nx\n").as_bytes());
+            assert!(files_in(&dir.path().join(format!("m{i}/tmp"))).is_empty());
+        }
+    }
+
+    #[test]
+    fn missing_new_or_cur_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("Maildir");
+        let maildirs = Maildirs::new("h");
+        for gone in ["new", "cur"] {
+            fs::create_dir_all(maildir.join("tmp")).unwrap();
+            let _ = fs::remove_dir_all(maildir.join(gone));
+            let spool = spool_with(dir.path(), &[b"x\r\n"]);
+            let done = maildirs.deliver(spool, &[copy(&maildir, b"")]).unwrap();
+            assert_eq!(fs::read(&done.paths[0]).unwrap(), b"x\n", "{gone}");
+            assert_eq!(mode(&maildir.join(gone)), 0o700, "{gone}");
+        }
+    }
+
+    #[test]
     fn existing_directory_modes_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let maildir = dir.path().join("Maildir");
@@ -744,7 +965,7 @@ mod tests {
 
         assert!(files_in(&good.join("tmp")).is_empty());
         assert!(files_in(&good.join("new")).is_empty());
-        assert!(files_in(&dir.path().join("spool")).is_empty());
+        assert_eq!(spooled_bytes(&dir.path().join("spool")), 0);
     }
 
     #[test]

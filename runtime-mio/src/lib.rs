@@ -33,8 +33,11 @@ use tern_host::service::{Bound, SHUTDOWN_GRACE, Services, Socket, serve_auth_con
 use crate::conn::{Conn, Cx, Stream};
 use crate::pool::{Job, Pool};
 
-/// Threads doing blocking work for all connections.
-pub const WORKERS: usize = 4;
+/// Threads doing blocking work for all connections. Most of that work is waiting for the disk
+/// (a delivery fsyncs twice), not computing, so the pool is sized for how many deliveries may
+/// wait at once rather than for the cores: with 4, twenty busy sessions ran a third slower
+/// than on the other runtimes (bench/README.md).
+pub const WORKERS: usize = 32;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
