@@ -9,8 +9,8 @@
 //!
 //! ```no_run
 //! # use std::sync::Arc; use std::time::Instant;
-//! # use tern_core::client::{Config, Message, Output, Session};
-//! # let config: Arc<Config> = unimplemented!();
+//! # use tern_core::client::{Config, Message, Mode, Output, Session};
+//! let config = Arc::new(Config::new("mx.example.net", Mode::Lmtp));
 //! # let mut next_message = || -> Option<Message> { None };
 //! # let mut read = |_: &mut Vec<u8>| -> usize { 0 };
 //! let mut session = Session::new(config, Instant::now()).expect("a valid host name");

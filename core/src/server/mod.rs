@@ -8,8 +8,9 @@
 //!
 //! ```no_run
 //! # use std::sync::Arc; use std::time::Instant;
-//! # use tern_core::server::{Config, Output, Peer, Session};
-//! # let config: Arc<Config> = unimplemented!(); let peer: Peer = unimplemented!();
+//! # use tern_core::server::{Config, Mode, Output, Peer, Session};
+//! let config = Arc::new(Config::new("mx.example.net", Mode::Smtp));
+//! let peer = Peer::default(); // the client's and our address; none on a Unix socket
 //! # let mut read = |_: &mut Vec<u8>| -> usize { 0 };
 //! let mut session = Session::new(config, peer, Instant::now());
 //! let mut pending: Vec<u8> = Vec::new();
