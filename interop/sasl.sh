@@ -23,16 +23,10 @@
 #
 # Environment: TERN_BIN (tern binary), KEEP=1 (keep the temp dir for inspection).
 
-set -u
-set -o pipefail
+PACKAGES="postfix dovecot-core swaks"
+# shellcheck source=interop/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PASSED=0
-FAILED=0
-
-say() { printf '%s\n' "$*"; }
-pass() { PASSED=$((PASSED + 1)); say "ok   - $1"; }
-fail() { FAILED=$((FAILED + 1)); say "FAIL - $1"; [ $# -gt 1 ] && printf '%s\n' "$2" | sed 's/^/       /' | head -40; }
 # expect NAME PATTERN COMMAND...: passes when the command's output matches the regex.
 expect() {
     local name=$1 pattern=$2
@@ -41,58 +35,8 @@ expect() {
     out=$("$@" 2>&1)
     if printf '%s\n' "$out" | grep -qE -- "$pattern"; then pass "$name"; else fail "$name" "$out"; fi
 }
-# check NAME COMMAND...: passes when the command succeeds.
-check() {
-    local name=$1
-    shift
-    local out
-    if out=$("$@" 2>&1); then pass "$name"; else fail "$name" "$out"; fi
-}
-# wait_for SECONDS COMMAND...: retries the command until it succeeds or time runs out.
-wait_for() {
-    local limit=$1
-    shift
-    local end=$((SECONDS + limit))
-    while ! "$@" >/dev/null 2>&1; do
-        [ $SECONDS -ge "$end" ] && return 1
-        sleep 0.2
-    done
-}
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-if [ "$(id -u)" != 0 ]; then
-    say "interop/sasl.sh must run as root (it installs packages and starts Postfix)"
-    exit 2
-fi
-
-# --- packages -------------------------------------------------------------------------------
-PACKAGES="postfix dovecot-core swaks"
-missing=""
-for p in $PACKAGES; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    say "installing:$missing"
-    apt-get update -qq || { say "apt-get update failed"; exit 2; }
-    echo 'postfix postfix/main_mailer_type select Local only' | debconf-set-selections
-    # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $PACKAGES >/dev/null ||
-        { say "apt-get install failed"; exit 2; }
-fi
-command -v python3 >/dev/null || { say "python3 is needed"; exit 2; }
 python3 -c 'import scramp' 2>/dev/null || python3 -m pip install --quiet scramp ||
     { say "python3 scramp is needed"; exit 2; }
-
-# --- tern -----------------------------------------------------------------------------------
-if [ -n "${TERN_BIN:-}" ]; then
-    TERN=$(realpath "$TERN_BIN")
-else
-    (cd "$ROOT" && cargo build -q -p tern) || { say "cargo build failed"; exit 2; }
-    TERN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/tern"
-fi
-[ -x "$TERN" ] || { say "no tern binary at $TERN"; exit 2; }
 
 # --- the temp dir and cleanup ---------------------------------------------------------------
 W=$(mktemp -d /tmp/tern-sasl.XXXXXX)
