@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ struct Receiver {
     stall: Arc<AtomicBool>,
     /// Set once a stalled transaction's final dot has arrived.
     stalled: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
 }
 
 impl Receiver {
@@ -54,10 +56,17 @@ impl Receiver {
         let stall = Arc::new(AtomicBool::new(false));
         let stalled = Arc::new(AtomicBool::new(false));
         let refused_once = Arc::new(Mutex::new(false));
-        let (g, s, sd) = (got.clone(), stall.clone(), stalled.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (g, s, sd, n) = (
+            got.clone(),
+            stall.clone(),
+            stalled.clone(),
+            connections.clone(),
+        );
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { break };
+                n.fetch_add(1, Ordering::SeqCst);
                 let (g, s, sd, r) = (g.clone(), s.clone(), sd.clone(), refused_once.clone());
                 thread::spawn(move || serve_one(stream, &g, &s, &sd, &r));
             }
@@ -67,6 +76,7 @@ impl Receiver {
             got,
             stall,
             stalled,
+            connections,
         }
     }
 
@@ -249,6 +259,34 @@ fn send_lines(server: &Server, mail: &str, rcpts: &[&str], subject: &str) -> Str
     let reply = c.reply();
     c.cmd("QUIT");
     common::queue_id(&reply)
+}
+
+/// Messages that follow each other to one destination share a connection: the worker
+/// keeps it open for the next one.
+#[test]
+fn one_connection_carries_a_stream_of_messages() {
+    let receiver = Receiver::start();
+    let fx = relaying_fixture(&receiver);
+    let server = serve(&fx);
+    let count = 12;
+    for n in 0..count {
+        send(
+            &server,
+            "alice@example.net",
+            &["carol@remote.test"],
+            &format!("m{n}"),
+        );
+    }
+    let got = receiver.wait_for(count);
+    assert_eq!(got.len(), count);
+    // Sent one by one, each message is queued well within the two seconds a worker keeps
+    // its connection. A message that comes while every worker is busy may open another
+    // connection, so the bound is loose; a connection per message would make twelve.
+    let connections = receiver.connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=count / 2).contains(&connections),
+        "{count} messages came over {connections} connections"
+    );
 }
 
 #[track_caller]

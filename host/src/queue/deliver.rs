@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +35,10 @@ const ROUND: Duration = Duration::from_millis(20);
 /// process changed it.
 const RESCAN: Duration = Duration::from_secs(60);
 
+/// How long a worker keeps its connection open after its lane ran empty, for the next
+/// message to the same destination.
+const IDLE: Duration = Duration::from_secs(2);
+
 /// The destination key of every message when a relay host is set.
 const RELAY_KEY: &str = "[relay]";
 
@@ -45,20 +49,40 @@ const LOCAL_KEY: &str = "[local]";
 /// dropped.
 pub fn start(services: &Arc<Services>) -> io::Result<()> {
     let weak = Arc::downgrade(services);
-    let busy = Arc::new(Mutex::new(Busy::default()));
+    let pool = Arc::new(Pool::default());
     thread::Builder::new()
         .name("queue".into())
-        .spawn(move || schedule(&weak, &busy))
+        .spawn(move || schedule(&weak, &pool))
         .map(drop)
 }
 
-/// What the workers hold: (message, destination) pairs and connections per destination.
+/// The delivery workers: a lane of waiting jobs per destination, each served by up to
+/// [`DESTINATION_CONCURRENCY`] threads that keep their connection open while the lane has
+/// work, and for [`IDLE`] after.
+#[derive(Default)]
+struct Pool {
+    busy: Mutex<Busy>,
+    /// Signalled when a lane gets jobs, for the workers waiting on an open connection.
+    more: Condvar,
+}
+
+/// What the workers hold: (message, destination) pairs waiting or being sent, and the lanes.
 #[derive(Default)]
 struct Busy {
     jobs: HashSet<(String, String)>,
     /// How many jobs each message has in `jobs`.
     per_message: HashMap<String, usize>,
-    per_destination: HashMap<String, usize>,
+    lanes: HashMap<String, Lane>,
+}
+
+/// One destination's jobs and workers.
+#[derive(Default)]
+struct Lane {
+    waiting: VecDeque<Job>,
+    /// Threads serving this lane, idle ones included.
+    workers: usize,
+    /// Threads waiting for a job with a connection open.
+    idle: usize,
 }
 
 /// Recipients of one message for one destination.
@@ -82,7 +106,7 @@ enum Outcome {
     },
 }
 
-fn schedule(weak: &Weak<Services>, busy: &Arc<Mutex<Busy>>) {
+fn schedule(weak: &Weak<Services>, pool: &Arc<Pool>) {
     // Every entry, as last read. The directory is read in full at start, on a flush and
     // every RESCAN; in between only the entries this process touched are read again.
     let mut cache: HashMap<String, Entry> = HashMap::new();
@@ -135,12 +159,12 @@ fn schedule(weak: &Weak<Services>, busy: &Arc<Mutex<Busy>>) {
             let Some(entry) = cache.get(&id) else {
                 continue;
             };
-            if let Some(next) = plan(&services, entry, now, force, busy, &mut due) {
+            if let Some(next) = plan(&services, entry, now, force, &pool.busy, &mut due) {
                 wait = wait.min(Duration::from_secs(next.saturating_sub(now)));
             }
         }
         for (destination, jobs) in due {
-            dispatch(&services, busy, destination, jobs);
+            pool.dispatch(&services, destination, jobs);
         }
         drop(services);
         if !wait.is_zero() {
@@ -233,287 +257,353 @@ fn plan(
     next
 }
 
-/// Hands the due jobs of one destination to up to [`DESTINATION_CONCURRENCY`] workers.
-fn dispatch(
-    services: &Arc<Services>,
-    busy: &Arc<Mutex<Busy>>,
-    destination: String,
-    jobs: Vec<Job>,
-) {
-    let mut busy_now = busy.lock().unwrap_or_else(|e| e.into_inner());
-    let running = busy_now
-        .per_destination
-        .get(&destination)
-        .copied()
-        .unwrap_or(0);
-    let free = DESTINATION_CONCURRENCY.saturating_sub(running);
-    if free == 0 {
-        return;
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Busy> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let chunk = jobs.len().div_ceil(free).max(1);
-    for batch in jobs.chunks(chunk).take(free) {
-        let batch = batch.to_vec();
-        for job in &batch {
-            busy_now.jobs.insert((job.id.clone(), destination.clone()));
-            *busy_now.per_message.entry(job.id.clone()).or_default() += 1;
+
+    /// Puts the due jobs of one destination in its lane, wakes its idle workers and starts
+    /// new ones for what they cannot take, up to [`DESTINATION_CONCURRENCY`].
+    fn dispatch(self: &Arc<Self>, services: &Arc<Services>, destination: String, jobs: Vec<Job>) {
+        let mut busy = self.lock();
+        let busy = &mut *busy;
+        let lane = busy.lanes.entry(destination.clone()).or_default();
+        for job in jobs {
+            if busy.jobs.insert((job.id.clone(), destination.clone())) {
+                *busy.per_message.entry(job.id.clone()).or_default() += 1;
+                lane.waiting.push_back(job);
+            }
         }
-        *busy_now
-            .per_destination
-            .entry(destination.clone())
-            .or_default() += 1;
-        let (worker_services, busy, destination) =
-            (Arc::clone(services), Arc::clone(busy), destination.clone());
-        let spawned = thread::Builder::new()
-            .name(format!("smtp-{destination}"))
-            .spawn(move || {
-                let services = worker_services;
-                work(&services, &destination, batch.clone());
-                let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
-                for job in &batch {
-                    busy.jobs.remove(&(job.id.clone(), destination.clone()));
-                    if let Some(n) = busy.per_message.get_mut(&job.id) {
-                        *n -= 1;
-                        if *n == 0 {
-                            busy.per_message.remove(&job.id);
-                        }
-                    }
+        if lane.idle > 0 && !lane.waiting.is_empty() {
+            self.more.notify_all();
+        }
+        let wanted = lane.waiting.len().saturating_sub(lane.idle);
+        let start = wanted.min(DESTINATION_CONCURRENCY.saturating_sub(lane.workers));
+        lane.workers += start;
+        if lane.workers == 0 {
+            busy.lanes.remove(&destination);
+        }
+        for _ in 0..start {
+            let (pool, worker_services, lane_key) =
+                (Arc::clone(self), Arc::clone(services), destination.clone());
+            let spawned = thread::Builder::new()
+                .name(format!("smtp-{destination}"))
+                .spawn(move || work(&worker_services, &pool, &lane_key));
+            if let Err(e) = spawned {
+                if let Some(lane) = busy.lanes.get_mut(&destination) {
+                    lane.workers -= 1;
                 }
-                if let Some(n) = busy.per_destination.get_mut(&destination) {
-                    *n -= 1;
-                    if *n == 0 {
-                        busy.per_destination.remove(&destination);
-                    }
-                }
-                drop(busy);
-                services.queue().wake();
-            });
-        if let Err(e) = spawned {
-            services.log().write(
-                "qmgr",
-                &format!("warning: cannot start a delivery thread: {e}"),
-            );
+                services.log().write(
+                    "qmgr",
+                    &format!("warning: cannot start a delivery thread: {e}"),
+                );
+            }
         }
     }
-}
 
-/// Delivers a batch for one destination over as few connections as it can.
-fn work(services: &Arc<Services>, destination: &str, jobs: Vec<Job>) {
-    if destination == LOCAL_KEY {
-        work_local(services, jobs);
-        return;
-    }
-    let delivery = &services.config().delivery;
-    let router = match Router::new(delivery) {
-        Ok(router) => router,
-        Err(text) => {
-            fail_all(services, &jobs, false, "4.3.0", &text);
-            return;
-        }
-    };
-    let targets = match router.targets(destination) {
-        Ok(targets) => targets,
-        Err(RouteError {
-            permanent,
-            status,
-            text,
-        }) => {
-            fail_all(services, &jobs, permanent, status, &text);
-            return;
-        }
-    };
-
-    let config = Arc::new(client_config(services));
-    let tls = super::tls::client_config(delivery.relay_tls == RelayTls::Verify);
-    let mut jobs: VecDeque<Job> = jobs.into();
-    let mut last_error = String::from("no mail host to try");
-    for target in targets {
-        if jobs.is_empty() {
-            break;
-        }
-        let relay = relay_name(&target);
-        let tcp = match TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT) {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                last_error = format!("connect to {relay}: {e}");
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let mut conn = match Connection::new(
-            Arc::clone(&config),
-            Transport::Tcp(tcp),
-            Arc::clone(&tls),
-            &target.host,
-        ) {
-            Ok(conn) => conn,
-            Err(e) => {
-                last_error = e.to_string();
-                continue;
-            }
-        };
-        match conn.next_event() {
-            Event::Ready => {}
-            Event::Closed(error) => {
-                last_error = match error {
-                    Some(error) => format!("host {relay} said: {error}"),
-                    None => format!("lost connection with {relay}"),
-                };
-                continue;
-            }
-            other => {
-                last_error = format!("unexpected {other:?} from {relay}");
-                continue;
-            }
-        }
-        let via = Via {
-            service: "smtp",
-            relay: &relay,
-            host: &target.host,
-        };
-        send_jobs(services, &mut conn, &via, &mut jobs);
-        conn.quit();
-    }
-    if !jobs.is_empty() {
-        let jobs: Vec<Job> = jobs.into();
-        fail_all(services, &jobs, false, "4.4.1", &last_error);
-    }
-}
-
-/// Sends jobs over `conn` while it lives; a job whose message was started is taken off
-/// `jobs` whatever became of it.
-fn send_jobs(
-    services: &Arc<Services>,
-    conn: &mut Connection,
-    via: &Via<'_>,
-    jobs: &mut VecDeque<Job>,
-) {
-    let queue = services.queue();
-    while let Some(job) = jobs.pop_front() {
-        let Ok(entry) = queue.load(&job.id) else {
-            continue;
-        };
-        let indices: Vec<usize> = job
-            .recipients
-            .iter()
-            .copied()
-            .filter(|&i| {
-                entry
-                    .recipients
-                    .get(i)
-                    .is_some_and(|r| r.state == State::Pending)
-            })
-            .collect();
-        if indices.is_empty() {
-            continue;
-        }
-        let message = match message_of(&entry, &indices) {
-            Ok(message) => message,
-            Err(text) => {
-                let outcomes = vec![Outcome::failed(true, "5.1.3", &text); indices.len()];
-                record(services, via.service, &entry.id, &indices, &outcomes, None);
-                continue;
-            }
-        };
-        if let Err(text) = conn.start_message(message) {
-            let outcomes = vec![Outcome::failed(true, "5.5.4", &text); indices.len()];
-            record(services, via.service, &entry.id, &indices, &outcomes, None);
-            continue;
-        }
-        let mut reported = false;
+    /// The next job of `destination`'s lane, waiting up to `wait` for one. `None` means the
+    /// calling worker is no longer counted and must stop.
+    fn next(&self, destination: &str, wait: Duration) -> Option<Job> {
+        let deadline = Instant::now() + wait;
+        let mut busy = self.lock();
         loop {
-            match conn.next_event() {
-                Event::MessageText => {
-                    let sent = File::open(queue.message_path(&entry.id))
-                        .and_then(|mut file| conn.send_text(entry.received.as_bytes(), &mut file));
-                    if let Err(e) = sent {
-                        services.log().write(
-                            "smtp",
-                            &format!("warning: {}: cannot read the queue file: {e}", entry.id),
-                        );
-                        conn.abort();
-                    }
+            let lane = busy.lanes.get_mut(destination)?;
+            if let Some(job) = lane.waiting.pop_front() {
+                return Some(job);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                lane.workers -= 1;
+                if lane.workers == 0 {
+                    busy.lanes.remove(destination);
                 }
-                Event::Report(report) => {
-                    let remote_dsn = conn.session().extensions().dsn;
-                    let outcomes = outcomes_of(&report, remote_dsn);
-                    let (service, id) = (via.service, &entry.id);
-                    record(services, service, id, &indices, &outcomes, Some(via));
-                    reported = true;
+                return None;
+            }
+            lane.idle += 1;
+            busy = self
+                .more
+                .wait_timeout(busy, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if let Some(lane) = busy.lanes.get_mut(destination) {
+                lane.idle -= 1;
+            }
+        }
+    }
+
+    /// Every job still waiting in `destination`'s lane, taken out of it.
+    fn drain(&self, destination: &str) -> Vec<Job> {
+        let mut busy = self.lock();
+        busy.lanes
+            .get_mut(destination)
+            .map(|lane| lane.waiting.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a job whose outcome is recorded.
+    fn done(&self, destination: &str, job: &Job) {
+        let mut busy = self.lock();
+        busy.jobs.remove(&(job.id.clone(), destination.to_owned()));
+        if let Some(n) = busy.per_message.get_mut(&job.id) {
+            *n -= 1;
+            if *n == 0 {
+                busy.per_message.remove(&job.id);
+            }
+        }
+    }
+}
+
+/// A worker: takes jobs from `destination`'s lane and sends them over one connection,
+/// opening another when it is lost, until the lane has stayed empty for [`IDLE`].
+fn work(services: &Arc<Services>, pool: &Pool, destination: &str) {
+    let mut connector = Connector::new(services, destination);
+    let mut job = pool.next(destination, Duration::ZERO);
+    while let Some(first) = job {
+        let (mut conn, via) = match connector.connect(services) {
+            Ok(connected) => connected,
+            Err(failure) => {
+                // The destination cannot be reached now: neither can it for the jobs
+                // behind this one.
+                let mut jobs = vec![first];
+                jobs.extend(pool.drain(destination));
+                let Failure {
+                    permanent,
+                    status,
+                    text,
+                } = failure;
+                fail_all(services, &jobs, permanent, status, &text);
+                for job in &jobs {
+                    pool.done(destination, job);
                 }
-                Event::Ready => break,
-                Event::Closed(error) => {
-                    if !reported {
-                        let relay = via.relay;
-                        let text = error.map_or_else(
-                            || format!("lost connection with {relay}"),
-                            |e| format!("host {relay} said: {e}"),
-                        );
-                        let outcomes = vec![Outcome::failed(false, "4.4.2", &text); indices.len()];
-                        let (service, id) = (via.service, &entry.id);
-                        record(services, service, id, &indices, &outcomes, Some(via));
-                    }
-                    return;
+                services.queue().wake();
+                job = pool.next(destination, Duration::ZERO);
+                continue;
+            }
+        };
+        let mut current = first;
+        job = loop {
+            let alive = send_job(services, &mut conn, &via, &current);
+            pool.done(destination, &current);
+            services.queue().wake();
+            if !alive {
+                break pool.next(destination, Duration::ZERO);
+            }
+            match pool.next(destination, IDLE) {
+                Some(next) => current = next,
+                None => {
+                    conn.quit();
+                    break None;
                 }
+            }
+        };
+    }
+}
+
+/// Why a worker could not get a connection ready for mail.
+struct Failure {
+    permanent: bool,
+    status: &'static str,
+    text: String,
+}
+
+/// What a worker needs to connect to its destination, made once per worker: the MX
+/// resolver and the client and TLS configurations.
+struct Connector {
+    destination: String,
+    router: Option<Result<Router, String>>,
+    config: Arc<ClientConfig>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Connector {
+    fn new(services: &Services, destination: &str) -> Connector {
+        let delivery = &services.config().delivery;
+        let local = destination == LOCAL_KEY;
+        Connector {
+            destination: destination.to_owned(),
+            router: None,
+            config: Arc::new(if local {
+                ClientConfig::new(&services.config().hostname, Mode::Lmtp)
+            } else {
+                client_config(services)
+            }),
+            tls: super::tls::client_config(!local && delivery.relay_tls == RelayTls::Verify),
+        }
+    }
+
+    /// A connection past its greeting (and EHLO, STARTTLS), ready for a message: the LMTP
+    /// server of `delivery.local`, or the destination's hosts in order.
+    fn connect(&mut self, services: &Services) -> Result<(Connection, Via), Failure> {
+        if self.destination == LOCAL_KEY {
+            return self.connect_local(services);
+        }
+        let router = self
+            .router
+            .get_or_insert_with(|| Router::new(&services.config().delivery));
+        let router = router.as_ref().map_err(|text| Failure {
+            permanent: false,
+            status: "4.3.0",
+            text: text.clone(),
+        })?;
+        let targets = router.targets(&self.destination).map_err(
+            |RouteError {
+                 permanent,
+                 status,
+                 text,
+             }| Failure {
+                permanent,
+                status,
+                text,
+            },
+        )?;
+        let mut last_error = String::from("no mail host to try");
+        for target in targets {
+            let relay = relay_name(&target);
+            let tcp = match TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    last_error = format!("connect to {relay}: {e}");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let via = Via {
+                service: "smtp",
+                relay,
+                host: target.host,
+            };
+            match self.greet(Transport::Tcp(tcp), via) {
+                Ok(connected) => return Ok(connected),
+                Err(text) => last_error = text,
+            }
+        }
+        Err(Failure {
+            permanent: false,
+            status: "4.4.1",
+            text: last_error,
+        })
+    }
+
+    fn connect_local(&self, services: &Services) -> Result<(Connection, Via), Failure> {
+        let LocalDelivery::Lmtp(target) = &services.config().delivery.local else {
+            return Err(Failure {
+                permanent: false,
+                status: "4.3.5",
+                text: "delivery.local is maildir, but these recipients wait for an LMTP server"
+                    .into(),
+            });
+        };
+        let (transport, relay) = connect_local(target).map_err(|text| Failure {
+            permanent: false,
+            status: "4.4.1",
+            text,
+        })?;
+        let host = relay.split('[').next().unwrap_or("lmtp").to_owned();
+        let via = Via {
+            service: "lmtp",
+            relay,
+            host,
+        };
+        self.greet(transport, via).map_err(|text| Failure {
+            permanent: false,
+            status: "4.4.2",
+            text,
+        })
+    }
+
+    /// Runs a new connection up to its first `Ready`.
+    fn greet(&self, transport: Transport, via: Via) -> Result<(Connection, Via), String> {
+        let tls = Arc::clone(&self.tls);
+        let mut conn = Connection::new(Arc::clone(&self.config), transport, tls, &via.host)
+            .map_err(|e| e.to_string())?;
+        match conn.next_event() {
+            Event::Ready => Ok((conn, via)),
+            Event::Closed(Some(error)) => Err(format!("host {} said: {error}", via.relay)),
+            Event::Closed(None) => Err(format!("lost connection with {}", via.relay)),
+            other => Err(format!("unexpected {other:?} from {}", via.relay)),
+        }
+    }
+}
+
+/// Sends one job over `conn`. Returns whether the connection can take another.
+fn send_job(services: &Arc<Services>, conn: &mut Connection, via: &Via, job: &Job) -> bool {
+    let queue = services.queue();
+    let Ok(entry) = queue.load(&job.id) else {
+        return true;
+    };
+    let indices: Vec<usize> = job
+        .recipients
+        .iter()
+        .copied()
+        .filter(|&i| {
+            entry
+                .recipients
+                .get(i)
+                .is_some_and(|r| r.state == State::Pending)
+        })
+        .collect();
+    if indices.is_empty() {
+        return true;
+    }
+    let service = via.service;
+    let message = match message_of(&entry, &indices) {
+        Ok(message) => message,
+        Err(text) => {
+            let outcomes = vec![Outcome::failed(true, "5.1.3", &text); indices.len()];
+            record(services, service, &entry.id, &indices, &outcomes, None);
+            return true;
+        }
+    };
+    if let Err(text) = conn.start_message(message) {
+        let outcomes = vec![Outcome::failed(true, "5.5.4", &text); indices.len()];
+        record(services, service, &entry.id, &indices, &outcomes, None);
+        return true;
+    }
+    let mut reported = false;
+    loop {
+        match conn.next_event() {
+            Event::MessageText => {
+                let sent = File::open(queue.message_path(&entry.id))
+                    .and_then(|mut file| conn.send_text(entry.received.as_bytes(), &mut file));
+                if let Err(e) = sent {
+                    services.log().write(
+                        "smtp",
+                        &format!("warning: {}: cannot read the queue file: {e}", entry.id),
+                    );
+                    conn.abort();
+                }
+            }
+            Event::Report(report) => {
+                let remote_dsn = conn.session().extensions().dsn;
+                let outcomes = outcomes_of(&report, remote_dsn);
+                record(services, service, &entry.id, &indices, &outcomes, Some(via));
+                reported = true;
+            }
+            Event::Ready => return true,
+            Event::Closed(error) => {
+                if !reported {
+                    let relay = &via.relay;
+                    let text = error.map_or_else(
+                        || format!("lost connection with {relay}"),
+                        |e| format!("host {relay} said: {e}"),
+                    );
+                    let outcomes = vec![Outcome::failed(false, "4.4.2", &text); indices.len()];
+                    record(services, service, &entry.id, &indices, &outcomes, Some(via));
+                }
+                return false;
             }
         }
     }
 }
 
 /// Where a connection goes, as the log and the notifications name it.
-struct Via<'a> {
+struct Via {
     /// The log's service: `smtp` or `lmtp`.
-    service: &'a str,
+    service: &'static str,
     /// Postfix's `relay=` value: `host[addr]:port`, or `lmtp[path]`.
-    relay: &'a str,
+    relay: String,
     /// The host name for `Remote-MTA:`.
-    host: &'a str,
-}
-
-/// Retries recipients that the `delivery.local` LMTP server refused after the data.
-fn work_local(services: &Arc<Services>, jobs: Vec<Job>) {
-    let LocalDelivery::Lmtp(target) = &services.config().delivery.local else {
-        let text = "delivery.local is maildir, but these recipients wait for an LMTP server";
-        fail_all(services, &jobs, false, "4.3.5", text);
-        return;
-    };
-    let (transport, relay) = match connect_local(target) {
-        Ok(connected) => connected,
-        Err(text) => {
-            fail_all(services, &jobs, false, "4.4.1", &text);
-            return;
-        }
-    };
-    let config = Arc::new(ClientConfig::new(&services.config().hostname, Mode::Lmtp));
-    let tls = super::tls::client_config(false);
-    let host = relay.split('[').next().unwrap_or("lmtp").to_owned();
-    let mut conn = match Connection::new(config, transport, tls, &host) {
-        Ok(conn) => conn,
-        Err(e) => {
-            fail_all(services, &jobs, false, "4.3.0", &e.to_string());
-            return;
-        }
-    };
-    let mut jobs: VecDeque<Job> = jobs.into();
-    match conn.next_event() {
-        Event::Ready => {
-            let via = Via {
-                service: "lmtp",
-                relay: &relay,
-                host: &host,
-            };
-            send_jobs(services, &mut conn, &via, &mut jobs);
-            conn.quit();
-        }
-        other => {
-            let text = format!("{relay}: no greeting or LHLO: {other:?}");
-            fail_all(services, &Vec::from(jobs), false, "4.4.2", &text);
-            return;
-        }
-    }
-    if !jobs.is_empty() {
-        let text = format!("lost connection with {relay}");
-        fail_all(services, &Vec::from(jobs), false, "4.4.2", &text);
-    }
+    host: String,
 }
 
 /// Connects to the LMTP server of `delivery.local`; returns the socket and its `relay=`
@@ -559,7 +649,7 @@ fn record(
     id: &str,
     indices: &[usize],
     outcomes: &[Outcome],
-    via: Option<&Via<'_>>,
+    via: Option<&Via>,
 ) {
     let queue = services.queue();
     let now = unix_now();
@@ -572,7 +662,7 @@ fn record(
                 continue;
             }
             rcpt.attempts += 1;
-            rcpt.remote_mta = via.map(|via| via.host.to_owned());
+            rcpt.remote_mta = via.map(|via| via.host.clone());
             match outcome {
                 Outcome::Sent { reply, remote_dsn } => {
                     let unreported = rcpt.wants_success_notice() && !remote_dsn;
@@ -613,7 +703,7 @@ fn record(
         }
     };
 
-    let relay_text = via.map_or("none", |via| via.relay);
+    let relay_text = via.map_or("none", |via| via.relay.as_str());
     let delay = SystemTime::now()
         .duration_since(UNIX_EPOCH + Duration::from_secs(entry.arrival))
         .map_or(0.0, |d| d.as_secs_f64());

@@ -23,12 +23,15 @@
 //!
 //! [`start`] runs a scheduler thread that picks due recipients, groups them by destination
 //! (the `relay_host`, else the recipient's domain; `delivery.local` for recipients an LMTP
-//! server refused after the data) and hands each group to a worker thread, at most
-//! [`DESTINATION_CONCURRENCY`] at a time per destination. A worker opens one connection
-//! (MX hosts in preference order, then the next address on a connection failure or a
-//! refused greeting) and sends every message of its group over it with the core client
-//! session: STARTTLS as `relay_tls` says, PIPELINING, SIZE, 8BITMIME, SMTPUTF8 and DSN
-//! where offered. The scheduler keeps the entries in memory, reads again only those that
+//! server refused after the data) and puts them in that destination's lane, served by up
+//! to [`DESTINATION_CONCURRENCY`] worker threads. A worker opens one connection (MX hosts
+//! in preference order, then the next address on a connection failure or a refused
+//! greeting) and sends message after message from its lane over it, keeping it open for
+//! two seconds after the lane runs empty, so a steady stream to one destination reuses a
+//! few connections instead of opening one per message. When no host of a destination can
+//! be reached, every message waiting in its lane is deferred with the same error. It uses
+//! the core client session: STARTTLS as `relay_tls` says, PIPELINING, SIZE, 8BITMIME,
+//! SMTPUTF8 and DSN where offered. The scheduler keeps the entries in memory, reads again only those that
 //! changed, and reads the whole directory every minute and on a flush.
 //!
 //! Retries come after 1, 5, 15 and 30 minutes, then every hour, until `queue_lifetime`
@@ -56,8 +59,9 @@
 //!   "lmtp:..."`.
 //! - At shutdown the delivery threads are not waited for: a message in the middle of a
 //!   transfer is sent again after the restart, unless the server's reply was recorded.
-//! - Worker threads are not pooled: one per destination batch, at most
-//!   [`DESTINATION_CONCURRENCY`] per destination, with no cap across destinations.
+//! - The [`DESTINATION_CONCURRENCY`] limit is per destination, with no cap across
+//!   destinations: a queue holding mail for many unreachable domains at once starts that
+//!   many threads.
 
 mod bounce;
 mod deliver;
@@ -82,6 +86,9 @@ use crate::maildir::Spool;
 /// How many connections tern opens at once to one destination.
 pub const DESTINATION_CONCURRENCY: usize = 4;
 
+/// How many locks the envelope rewrites are spread over.
+const WRITE_LOCKS: usize = 32;
+
 /// The default retry intervals; the last one repeats.
 pub const RETRY_SCHEDULE: [Duration; 5] = [
     Duration::from_secs(60),
@@ -98,9 +105,10 @@ pub const FLUSH_FILE: &str = "flush";
 #[derive(Debug)]
 pub struct Queue {
     dir: PathBuf,
-    /// Serialises envelope rewrites, so two workers updating recipients of the same message
-    /// (in different domains) never lose each other's change.
-    write: Mutex<()>,
+    /// Serialises envelope rewrites of one message, so two workers updating recipients of
+    /// the same message (in different domains) never lose each other's change. Striped by
+    /// id, so that workers on different messages fsync side by side.
+    write: [Mutex<()>; WRITE_LOCKS],
     wake: (Mutex<bool>, Condvar),
     /// Ids whose entry was committed, changed or removed since the scheduler last looked.
     touched: Mutex<Vec<String>>,
@@ -135,7 +143,7 @@ impl Queue {
             .map_err(|e| annotate(e, "cannot create", dir))?;
         let queue = Queue {
             dir: dir.to_owned(),
-            write: Mutex::new(()),
+            write: Default::default(),
             wake: (Mutex::new(false), Condvar::new()),
             touched: Mutex::new(Vec::new()),
             retry: retry_schedule(std::env::var("TERN_QUEUE_RETRY").ok().as_deref()),
@@ -149,7 +157,7 @@ impl Queue {
     pub fn open_for_listing(dir: &Path) -> io::Result<Queue> {
         Ok(Queue {
             dir: dir.to_owned(),
-            write: Mutex::new(()),
+            write: Default::default(),
             wake: (Mutex::new(false), Condvar::new()),
             touched: Mutex::new(Vec::new()),
             retry: RETRY_SCHEDULE.to_vec(),
@@ -208,7 +216,7 @@ impl Queue {
     /// entry whose recipients are all done is removed instead (the removal made durable by
     /// a directory fsync), which saves rewriting it first.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut Entry)) -> io::Result<Entry> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_entry(id);
         let mut entry = self.load(id)?;
         change(&mut entry);
         if entry.is_done() {
@@ -225,10 +233,19 @@ impl Queue {
     /// Removes a finished message: the envelope first, so a crash in between leaves only a
     /// text file, which [`Queue::open`] removes.
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_entry(id);
         remove_if_present(&self.env_path(id))?;
         self.touch(id);
         remove_if_present(&self.message_path(id))
+    }
+
+    /// Holds the write lock of entry `id`.
+    fn lock_entry(&self, id: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(id) as usize;
+        self.write[stripe % WRITE_LOCKS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The path of a message's text.
