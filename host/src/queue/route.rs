@@ -1,12 +1,15 @@
 //! Where mail for a destination goes: the `relay_host`, or the domain's MX hosts in
 //! preference order with the domain's own A/AAAA records when it has no MX (RFC 5321
 //! section 5.1), looked up with hickory-resolver through `dns_servers` or
-//! `/etc/resolv.conf`.
+//! `/etc/resolv.conf`. MX hosts of equal preference are tried in a random order, new for
+//! every lookup, to spread the load as section 5.1 asks; the addresses of one host keep
+//! the order the resolver gave them.
 //!
-//! Known limits: MX hosts of equal preference are tried in the order the DNS gave them, not
-//! shuffled; a `relay_host` is always looked up by its address records (as Postfix does for
-//! `[host]`), with the system resolver, never by MX.
+//! Known limit: a `relay_host` is always looked up by its address records (as Postfix does
+//! for `[host]`), with the system resolver, never by MX.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig};
@@ -100,7 +103,7 @@ impl Router {
         let name = format!("{}.", domain.trim_end_matches('.'));
         let hosts = match runtime.block_on(resolver.mx_lookup(name.as_str())) {
             Ok(lookup) => {
-                let mut mx: Vec<(u16, String)> = lookup
+                let mx: Vec<(u16, String)> = lookup
                     .iter()
                     .map(|mx| (mx.preference(), mx.exchange().to_ascii()))
                     .collect();
@@ -112,8 +115,7 @@ impl Router {
                         text: format!("domain {domain} does not accept mail (null MX)"),
                     });
                 }
-                mx.sort_by_key(|(preference, _)| *preference);
-                mx.into_iter().map(|(_, host)| host).collect()
+                order_mx(mx)
             }
             Err(e) if e.is_no_records_found() && !e.is_nx_domain() => vec![name.clone()],
             Err(e) => return Err(dns_error(domain, "MX", &e)),
@@ -156,6 +158,42 @@ fn parse_relay(text: &str) -> (String, u16) {
     };
     let port = port.and_then(|p| p.parse().ok()).unwrap_or(SMTP_PORT);
     (host.to_owned(), port)
+}
+
+/// The MX hosts by preference, lowest number first, each run of equal preference
+/// shuffled.
+fn order_mx(mut mx: Vec<(u16, String)>) -> Vec<String> {
+    mx.sort_by_key(|(preference, _)| *preference);
+    let mut start = 0;
+    while start < mx.len() {
+        let preference = mx[start].0;
+        let run = mx[start..]
+            .iter()
+            .take_while(|(p, _)| *p == preference)
+            .count();
+        shuffle(&mut mx[start..start + run]);
+        start += run;
+    }
+    mx.into_iter().map(|(_, host)| host).collect()
+}
+
+/// Fisher-Yates.
+fn shuffle<T>(items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, random_below(i + 1));
+    }
+}
+
+/// A random number below `n` (at least 1). The modulo bias is nothing for the few hosts
+/// of an MX set. Should the system's random source fail, std's per-process random hasher
+/// keys stand in: still a different order from one lookup to the next.
+fn random_below(n: usize) -> usize {
+    let mut bytes = [0; 8];
+    let value = match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => RandomState::new().build_hasher().finish(),
+    };
+    (value % n as u64) as usize
 }
 
 fn resolve_relay(host: &str, port: u16) -> Result<Vec<Target>, RouteError> {
@@ -232,6 +270,37 @@ mod tests {
         assert_eq!(parse_relay("[127.0.0.1]:26"), ("127.0.0.1".into(), 26));
         assert_eq!(parse_relay("[::1]:26"), ("::1".into(), 26));
         assert_eq!(parse_relay("[mx.example]"), ("mx.example".into(), 25));
+    }
+
+    #[test]
+    fn equal_preference_hosts_are_shuffled_and_preferences_kept() {
+        let records = vec![
+            (20, "c.example".to_owned()),
+            (10, "a1.example".to_owned()),
+            (30, "z.example".to_owned()),
+            (10, "a2.example".to_owned()),
+            (10, "a3.example".to_owned()),
+            (20, "b.example".to_owned()),
+        ];
+        let preference = |host: &str| records.iter().find(|(_, h)| h == host).unwrap().0;
+        let mut first = std::collections::BTreeMap::new();
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let hosts = order_mx(records.clone());
+            assert_eq!(hosts.len(), records.len());
+            let preferences: Vec<u16> = hosts.iter().map(|h| preference(h)).collect();
+            assert!(preferences.is_sorted(), "{hosts:?}");
+            assert_eq!(hosts[5], "z.example");
+            *first.entry(hosts[0].clone()).or_insert(0) += 1;
+            orders.insert(hosts);
+        }
+        // Each of the three hosts of preference 10 came first at some point (the chance
+        // that one never does in 300 shuffles is about 3 * (2/3)^300).
+        let firsts: Vec<&String> = first.keys().collect();
+        assert_eq!(firsts, ["a1.example", "a2.example", "a3.example"]);
+        // The two hosts of preference 20 were shuffled too.
+        assert!(orders.iter().any(|o| o[3] == "b.example"));
+        assert!(orders.iter().any(|o| o[3] == "c.example"));
     }
 
     #[test]
