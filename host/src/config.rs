@@ -135,6 +135,10 @@ pub struct DeliveryConfig {
     pub dns_servers: Vec<String>,
     /// Postfix `maximal_queue_lifetime`: then the message is returned to the sender.
     pub queue_lifetime: Duration,
+    /// Postfix `delay_warning_time`: how long after its arrival a message still being
+    /// retried is reported to a sender who asked for it (NOTIFY=DELAY); zero: never. Not
+    /// in SPEC.md's configuration; an addition.
+    pub delay_warning: Duration,
 }
 
 /// `delivery.local`.
@@ -464,6 +468,7 @@ impl Default for DeliveryConfig {
             relay_tls: RelayTls::May,
             dns_servers: Vec::new(),
             queue_lifetime: Duration::from_secs(5 * 86400),
+            delay_warning: Duration::from_secs(4 * 3600),
         }
     }
 }

@@ -214,6 +214,8 @@ fn build_delivery(raw: RawDelivery) -> Result<DeliveryConfig, Located> {
             servers.into_iter().map(|s| s.0.0).collect()
         }),
         queue_lifetime,
+        // Zero is allowed: no delay notices.
+        delay_warning: raw.delay_warning.map_or(defaults.delay_warning, |d| d.0),
     })
 }
 

@@ -77,6 +77,7 @@ pub(super) struct RawDelivery {
     pub relay_tls: Option<Parsed<RelayTls>>,
     pub dns_servers: Option<Vec<Parsed<DnsServer>>>,
     pub queue_lifetime: Option<Spanned<Parsed<Duration>>>,
+    pub delay_warning: Option<Parsed<Duration>>,
 }
 
 #[derive(Deserialize, Default)]

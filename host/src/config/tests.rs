@@ -94,6 +94,7 @@ relay_host = "[smtp.example.net]:587"
 relay_tls = "verify"
 dns_servers = ["192.0.2.53", "[2001:db8::53]:5353"]
 queue_lifetime = "36h"
+delay_warning = "0s"
 
 [limits]
 message_size = 52428800
@@ -259,6 +260,7 @@ fn empty_file_gives_every_default() {
     assert_eq!(delivery.relay_tls, RelayTls::May);
     assert!(delivery.dns_servers.is_empty());
     assert_eq!(delivery.queue_lifetime, Duration::from_secs(5 * 24 * 3600));
+    assert_eq!(delivery.delay_warning, Duration::from_secs(4 * 3600));
 
     let limits = &config.limits;
     assert_eq!(limits.message_size, 10_240_000);
@@ -364,6 +366,7 @@ fn everything_set_is_kept() {
     assert_eq!(delivery.relay_tls, RelayTls::Verify);
     assert_eq!(delivery.dns_servers, ["192.0.2.53", "[2001:db8::53]:5353"]);
     assert_eq!(delivery.queue_lifetime, Duration::from_secs(36 * 3600));
+    assert_eq!(delivery.delay_warning, Duration::ZERO);
 
     assert_eq!(config.limits.data_timeout, Duration::from_millis(1500));
     assert_eq!(config.limits.auth_failure_delay, Duration::ZERO);
@@ -434,6 +437,7 @@ fn to_toml_writes_every_default_in_spec_order() {
             "relay_tls",
             "dns_servers",
             "queue_lifetime",
+            "delay_warning",
             "message_size",
             "recipients",
             "command_timeout",
@@ -457,6 +461,7 @@ fn to_toml_writes_every_default_in_spec_order() {
         ]
     );
     assert!(text.contains("queue_lifetime = \"5d\"\n"), "{text}");
+    assert!(text.contains("delay_warning = \"4h\"\n"), "{text}");
     assert!(text.contains("command_timeout = \"5m\"\n"), "{text}");
     assert!(text.contains("auth_failure_delay = \"2s\"\n"), "{text}");
 }
@@ -494,6 +499,10 @@ fn bad_files_are_reported_at_the_key_or_value() {
         (
             "[delivery]\nqueue_lifetime = 5\n".into(),
             "2:18: duration 5 has no unit: write \"5s\" (units ms, s, m, h, d)",
+        ),
+        (
+            "[delivery]\nqueue_lifetime = \"2d\"\ndelay_warning = \"4 hours\"\n".into(),
+            "3:17: duration `4 hours` has an unknown unit ` hours`: use ms, s, m, h or d",
         ),
         (
             "[limits]\nauth_failure_delay = \"s\"\n".into(),

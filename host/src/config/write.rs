@@ -63,6 +63,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.string("relay_tls", delivery.relay_tls.name());
     out.strings("dns_servers", &delivery.dns_servers);
     out.string("queue_lifetime", &format_duration(delivery.queue_lifetime));
+    out.string("delay_warning", &format_duration(delivery.delay_warning));
 
     let limits = &config.limits;
     out.table("[limits]");
