@@ -1017,6 +1017,119 @@ fn notifications_follow_notify_and_the_null_sender_goes_to_postmaster() {
     );
 }
 
+/// A recipient still deferred after `delay_warning` is reported once, with the others of
+/// its message that came due together, to a sender who asked with NOTIFY=DELAY; never to
+/// one who did not, nor for a message from the null sender.
+#[test]
+fn a_delay_notice_goes_once_to_a_sender_who_asked() {
+    let receiver = Receiver::start();
+    let fx = relaying_fixture(&receiver);
+    fx.edit_config(|text| text + "delay_warning = \"1s\"\n");
+    let server = serve(&fx);
+
+    // Every busy@ is refused with 451, on every attempt.
+    let id = send_lines(
+        &server,
+        "MAIL FROM:<alice@example.net> RET=FULL",
+        &[
+            "RCPT TO:<busy@remote.test> NOTIFY=DELAY,FAILURE",
+            "RCPT TO:<busy@other.test> NOTIFY=DELAY ORCPT=rfc822;Other+40other.test",
+            "RCPT TO:<busy@third.test> NOTIFY=FAILURE",
+            "RCPT TO:<busy@fourth.test>",
+        ],
+        "slow",
+    );
+    let null = send_lines(
+        &server,
+        "MAIL FROM:<>",
+        &["RCPT TO:<busy@remote.test> NOTIFY=DELAY"],
+        "from-null",
+    );
+
+    let files = wait_files(&fx.new_dir("alice"), 1);
+    let path = fx.new_dir("alice").join(&files[0].name);
+    let text = files[0].text();
+    assert!(text.starts_with("Return-Path: <>\n"), "{text}");
+    assert!(
+        text.contains("Subject: Delayed Mail (still being retried)\n"),
+        "{text}"
+    );
+    assert!(text.contains("Action: delayed\nStatus: 4.3.2\n"), "{text}");
+    assert!(text.contains("Will-Retry-Until: "), "{text}");
+    assert!(text.contains("Remote-MTA: dns; "), "{text}");
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 451 4.3.2 busy, come back later"),
+        "{text}"
+    );
+    // The original's header section, not its body, even with RET=FULL (RFC 3461 4.3).
+    assert!(text.contains("Subject: slow\n"), "{text}");
+    assert!(text.contains("Message-ID: <slow@client.test>\n"), "{text}");
+    assert!(!text.contains("Hello slow."), "{text}");
+    assert!(
+        !text.contains("third.test") && !text.contains("fourth.test"),
+        "{text}"
+    );
+    assert!(!text.contains("from-null"), "{text}");
+
+    let check = r#"
+import email, sys
+from email.utils import parsedate_to_datetime as date
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'))
+parts = m.get_payload()
+types = [p.get_content_type() for p in parts]
+assert types == ['text/plain', 'message/delivery-status', 'text/rfc822-headers'], types
+fields = parts[1].get_payload()
+arrival = date(fields[0]['Arrival-Date'])
+rcpts = fields[1:]
+assert [r['Final-Recipient'] for r in rcpts] == \
+    ['rfc822; busy@remote.test', 'rfc822; busy@other.test'], [r['Final-Recipient'] for r in rcpts]
+assert rcpts[1]['Original-Recipient'] == 'rfc822; Other@other.test', rcpts[1]['Original-Recipient']
+for r in rcpts:
+    assert r['Action'] == 'delayed', r['Action']
+    until = date(r['Will-Retry-Until'])
+    assert (until - arrival).total_seconds() == 3600, (until, arrival)
+print('ok')
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(&path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "python: {}\n{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = wait_log(&fx, &format!("{id}: sender delay notification: "));
+    assert_eq!(log.matches("sender delay notification").count(), 1, "{log}");
+
+    // Two more deferrals of both messages (retries come every second) give the scheduler
+    // its chances to send a second notice; none comes. The warning is on record.
+    let attempts =
+        |log: &str, id: &str| log.matches(&format!("{id}: to=<busy@remote.test>")).count();
+    let (before, before_null) = (attempts(&log, &id), attempts(&log, &null));
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        let log = fs::read_to_string(fx.root().join("mail.log")).unwrap();
+        if attempts(&log, &id) >= before + 2 && attempts(&log, &null) >= before_null + 2 {
+            assert_eq!(log.matches("sender delay notification").count(), 1, "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no more attempts:\n{log}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(read_files(&fx.new_dir("alice")).len(), 1, "one notice only");
+    let envelope = fs::read_to_string(fx.root().join(format!("data/queue/{id}.env"))).unwrap();
+    assert_eq!(
+        envelope.matches("delay_warned = true").count(),
+        2,
+        "{envelope}"
+    );
+    assert!(receiver.received().is_empty());
+}
+
 #[test]
 fn verify_refuses_a_self_signed_certificate() {
     let receiving = Fixture::new();

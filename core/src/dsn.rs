@@ -43,6 +43,9 @@ pub struct RecipientStatus {
     pub remote_mta: Option<String>,
     /// The server's reply, written `smtp; ` + reply text.
     pub diagnostic: Option<String>,
+    /// For [`Action::Delayed`]: until when delivery will be tried, already formatted (RFC
+    /// 5322 date); `Will-Retry-Until:` and the human-readable part say it.
+    pub will_retry_until: Option<String>,
 }
 
 /// How much of the original goes back (RFC 3461 section 4.3, `RET=`).
@@ -134,6 +137,13 @@ impl Notification {
              \r\n"
         );
         out.push_str(self.explanation());
+        if let Some(until) = self.retry_until() {
+            let _ = write!(
+                out,
+                "Delivery will be tried again until {}.\r\n",
+                clean(until)
+            );
+        }
         out.push_str("\r\n");
         for rcpt in &self.recipients {
             let _ = write!(out, "<{}>:", clean(&rcpt.final_recipient));
@@ -193,6 +203,9 @@ impl Notification {
             if let Some(text) = &rcpt.diagnostic {
                 let _ = write!(out, "Diagnostic-Code: smtp; {}\r\n", clean(text));
             }
+            if let Some(until) = &rcpt.will_retry_until {
+                let _ = write!(out, "Will-Retry-Until: {}\r\n", clean(until));
+            }
         }
         out.push_str("\r\n");
 
@@ -203,9 +216,11 @@ impl Notification {
             (Returned::Full, true) => "message/global",
             (Returned::Full, false) => "message/rfc822",
         };
-        let description = match self.returned {
-            Returned::Headers => "Undelivered Message Headers",
-            Returned::Full => "Undelivered Message",
+        let description = match (self.returned, self.has(Action::Failed)) {
+            (Returned::Headers, false) if self.has(Action::Delayed) => "Delayed Message Headers",
+            (Returned::Full, false) if self.has(Action::Delayed) => "Delayed Message",
+            (Returned::Headers, _) => "Undelivered Message Headers",
+            (Returned::Full, _) => "Undelivered Message",
         };
         let _ = write!(
             out,
@@ -229,6 +244,17 @@ impl Notification {
 
     fn has(&self, action: Action) -> bool {
         self.recipients.iter().any(|r| r.action == action)
+    }
+
+    /// The retry limit of the first delayed recipient, when the report is a delay notice.
+    fn retry_until(&self) -> Option<&str> {
+        if self.has(Action::Failed) {
+            return None;
+        }
+        self.recipients
+            .iter()
+            .filter(|r| r.action == Action::Delayed)
+            .find_map(|r| r.will_retry_until.as_deref())
     }
 
     fn explanation(&self) -> &'static str {
@@ -326,6 +352,7 @@ mod tests {
                 status: "5.1.1".into(),
                 remote_mta: Some("mx.example.org".into()),
                 diagnostic: Some("550 5.1.1 no such\r\nuser".into()),
+                will_retry_until: None,
             }],
             returned,
             eight_bit: false,
@@ -367,6 +394,29 @@ mod tests {
                 "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             )
         );
+    }
+
+    #[test]
+    fn delay_notice_says_until_when_it_is_retried() {
+        let mut dsn = sample(Returned::Headers);
+        let until = "Tue, 8 Dec 2026 15:20:00 +0000";
+        dsn.recipients[0].action = Action::Delayed;
+        dsn.recipients[0].status = "4.3.2".into();
+        dsn.recipients[0].diagnostic = Some("451 4.3.2 busy".into());
+        dsn.recipients[0].will_retry_until = Some(until.into());
+        let head = dsn.head();
+        assert!(head.contains("Subject: Delayed Mail (still being retried)\r\n"));
+        assert!(head.contains(&format!("Delivery will be tried again until {until}.\r\n")));
+        assert!(head.contains(
+            "Action: delayed\r\nStatus: 4.3.2\r\nRemote-MTA: dns; mx.example.org\r\n\
+             Diagnostic-Code: smtp; 451 4.3.2 busy\r\n"
+        ));
+        assert!(head.contains(&format!("Will-Retry-Until: {until}\r\n\r\n")));
+        assert!(head.contains("Content-Description: Delayed Message Headers\r\n"));
+        // A failure report has no retry time, even were one given.
+        dsn.recipients[0].action = Action::Failed;
+        dsn.recipients[0].will_retry_until = None;
+        assert!(!dsn.head().contains("tried again until"));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //!
 //! Which notifications are sent: a failure unless NOTIFY excludes FAILURE; a success
 //! (`Action: relayed`) for NOTIFY=SUCCESS when the receiving server did not offer DSN (a
-//! server that did got the NOTIFY parameter and reports itself). Delay notices
-//! (NOTIFY=DELAY) are not sent.
+//! server that did got the NOTIFY parameter and reports itself); a delay (`Action: delayed`)
+//! once per recipient still pending `delivery.delay_warning` after arrival, for NOTIFY=DELAY
+//! only (the scheduler decides when, see `deliver`). RET=FULL returns the whole message in a
+//! failure report only; other reports carry the header section (RFC 3461 section 4.3).
 //!
 //! Known limit: the returned message is read into memory to build the notification.
 
@@ -59,9 +61,12 @@ pub(super) fn notify(
     let failed = owed
         .iter()
         .any(|&i| entry.recipients[i].state == State::Failed);
+    let delayed = owed
+        .iter()
+        .any(|&i| entry.recipients[i].state == State::Pending);
+    // RFC 3461 section 4.3: a report without a failure returns only the headers.
     let returned = match entry.ret.as_deref() {
         Some("HDRS") => Returned::Headers,
-        Some("FULL") => Returned::Full,
         _ if failed => Returned::Full,
         _ => Returned::Headers,
     };
@@ -75,6 +80,8 @@ pub(super) fn notify(
     }
     let text = lf_to_crlf(&text);
 
+    let lifetime = config.delivery.queue_lifetime.as_secs();
+    let retry_until = rfc5322_date(UNIX_EPOCH + Duration::from_secs(entry.arrival + lifetime));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let now = SystemTime::now();
     let stamp = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -91,24 +98,27 @@ pub(super) fn notify(
             .iter()
             .map(|&i| {
                 let rcpt = &entry.recipients[i];
-                let failed = rcpt.state == State::Failed;
+                let (action, default_status) = match rcpt.state {
+                    State::Failed => (Action::Failed, "5.0.0"),
+                    State::Pending => (Action::Delayed, "4.0.0"),
+                    State::Sent { .. } | State::Done => (Action::Relayed, "2.0.0"),
+                };
+                // A temporary code stays as it was when the message expired (4.4.7, or
+                // the last server's 4xx), as Postfix reports it. A delay is reported with a
+                // 4.x.x, whatever class a confused server put in its reply.
                 let status = rcpt
                     .status
                     .clone()
-                    .unwrap_or_else(|| if failed { "5.0.0" } else { "2.0.0" }.to_owned());
+                    .filter(|s| action != Action::Delayed || s.starts_with("4."))
+                    .unwrap_or_else(|| default_status.to_owned());
                 RecipientStatus {
                     final_recipient: rcpt.address.clone(),
                     original_recipient: rcpt.orcpt.clone(),
-                    action: if failed {
-                        Action::Failed
-                    } else {
-                        Action::Relayed
-                    },
-                    // A temporary code stays as it was when the message expired (4.4.7, or
-                    // the last server's 4xx), as Postfix reports it.
+                    action,
                     status,
                     remote_mta: rcpt.remote_mta.clone(),
                     diagnostic: rcpt.last_error.clone(),
+                    will_retry_until: (action == Action::Delayed).then(|| retry_until.clone()),
                 }
             })
             .collect(),
@@ -131,6 +141,8 @@ pub(super) fn notify(
     })?;
     let what = if failed {
         "sender non-delivery notification"
+    } else if delayed {
+        "sender delay notification"
     } else {
         "sender delivery status notification"
     };

@@ -223,6 +223,13 @@ fn plan(
             services.queue().wake();
             return None;
         }
+        let warn = delay_owed(services, entry, now);
+        if !warn.is_empty() {
+            if warn_delayed(services, entry, &warn) {
+                services.queue().wake();
+            }
+            return None;
+        }
     }
 
     let mut next = None;
@@ -795,6 +802,55 @@ fn settle(services: &Arc<Services>, id: &str) {
     };
     if entry.is_done() {
         services.log().write("qmgr", &format!("{id}: removed"));
+    }
+}
+
+/// The recipients of `entry` owed a delay notice now: still pending (tried and deferred at
+/// least once) `delivery.delay_warning` after the message arrived, with NOTIFY=DELAY, and
+/// not yet warned. A message from the null sender (a notification among them) gets none.
+fn delay_owed(services: &Services, entry: &Entry, now: u64) -> Vec<usize> {
+    let warning = services.config().delivery.delay_warning;
+    let age = Duration::from_secs(now.saturating_sub(entry.arrival));
+    if warning.is_zero() || age < warning || entry.is_from_null_sender() {
+        return Vec::new();
+    }
+    entry
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.state == State::Pending && r.attempts > 0 && !r.delay_warned && r.wants_delay_notice()
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Sends one delay notice for recipients `owed` of `entry`, then records that they were
+/// warned. Returns whether that record was written. Like a failure report, the notice is queued
+/// before the record is written, so a crash between the two sends it twice, never zero
+/// times; a notice that cannot be sent is tried again on the next round.
+fn warn_delayed(services: &Arc<Services>, entry: &Entry, owed: &[usize]) -> bool {
+    let id = &entry.id;
+    if let Err(e) = bounce::notify(services, entry, owed) {
+        services.log().write(
+            "bounce",
+            &format!("warning: {id}: cannot send the delay notification: {e}"),
+        );
+        return false;
+    }
+    let marked = services.queue().update(id, |e| {
+        for &i in owed {
+            if let Some(rcpt) = e.recipients.get_mut(i) {
+                rcpt.delay_warned = true;
+            }
+        }
+    });
+    match marked {
+        Ok(_) => true,
+        Err(e) => {
+            services.log().write("qmgr", &format!("warning: {id}: {e}"));
+            false
+        }
     }
 }
 

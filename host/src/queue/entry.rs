@@ -83,6 +83,10 @@ pub struct QueuedRecipient {
     /// The server that gave the latest outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_mta: Option<String>,
+    /// The sender has been sent the one delay notice this recipient gets (NOTIFY=DELAY,
+    /// `delivery.delay_warning`). Absent in envelopes written before delay notices existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_warned: bool,
 }
 
 /// A recipient's state. Only `Pending` recipients are delivered to.
@@ -128,6 +132,7 @@ impl QueuedRecipient {
             last_error: None,
             status: None,
             remote_mta: None,
+            delay_warned: false,
         }
     }
 
@@ -155,6 +160,13 @@ impl QueuedRecipient {
     /// Whether the sender asked to hear of a success.
     pub fn wants_success_notice(&self) -> bool {
         self.notify().is_some_and(|n| n.success)
+    }
+
+    /// Whether the sender asked to hear of a delay. Without NOTIFY, RFC 3461 section 4.1
+    /// leaves it to the server; tern then sends none, so only a sender who asked for them
+    /// gets delay notices.
+    pub fn wants_delay_notice(&self) -> bool {
+        self.notify().is_some_and(|n| n.delay && !n.never)
     }
 }
 
@@ -214,5 +226,32 @@ mod tests {
         assert!(back.recipients[0].wants_success_notice());
         assert!(back.recipients[1].wants_failure_notice());
         assert!(!back.recipients[1].wants_success_notice());
+    }
+
+    #[test]
+    fn delay_warned_is_kept_and_absent_in_old_envelopes() {
+        let old = "id = \"A\"\nsender = \"a@example.net\"\narrival = 1\nsize = 1\n\n\
+                   [[recipients]]\naddress = \"b@example.org\"\nnotify = \"DELAY\"\n\
+                   state = \"pending\"\n";
+        let mut entry: Entry = toml::from_str(old).unwrap();
+        assert!(!entry.recipients[0].delay_warned);
+        assert!(!toml::to_string(&entry).unwrap().contains("delay_warned"));
+
+        entry.recipients[0].delay_warned = true;
+        let back: Entry = toml::from_str(&toml::to_string(&entry).unwrap()).unwrap();
+        assert!(back.recipients[0].delay_warned);
+    }
+
+    #[test]
+    fn only_an_explicit_notify_delay_asks_for_delay_notices() {
+        let rcpt = |notify: Option<&str>| QueuedRecipient {
+            notify: notify.map(str::to_owned),
+            ..QueuedRecipient::new("b@example.org".into(), None, None)
+        };
+        assert!(rcpt(Some("FAILURE,DELAY")).wants_delay_notice());
+        assert!(rcpt(Some("delay")).wants_delay_notice());
+        assert!(!rcpt(None).wants_delay_notice());
+        assert!(!rcpt(Some("FAILURE")).wants_delay_notice());
+        assert!(!rcpt(Some("NEVER")).wants_delay_notice());
     }
 }

@@ -6,7 +6,8 @@
 //! Under `data_dir/queue`, one message is two files: `<id>.msg`, its text as received (LF
 //! line ends, like a Maildir copy; the spool file itself, hard-linked, not copied) and
 //! `<id>.env`, its envelope ([`Entry`], TOML): sender, ENVID/RET, arrival time, and per
-//! recipient NOTIFY/ORCPT, state, attempts, next attempt and last error.
+//! recipient NOTIFY/ORCPT, state, attempts, next attempt, last error and whether its delay
+//! notice went out.
 //!
 //! A message enters in two steps. [`Queue::prepare`] writes and fsyncs the text and the
 //! envelope under a temporary name (`<id>.env.tmp`); [`Pending::commit`] renames the
@@ -49,10 +50,17 @@
 //! (see `bounce`): RFC 3464, honouring NOTIFY, RET, ENVID and ORCPT; from the null sender
 //! to postmaster instead; a failing postmaster notification is dropped with a log line.
 //!
+//! A recipient still pending `delivery.delay_warning` after the message arrived (and tried
+//! at least once) gets one delay notice (`Action: delayed`, `Will-Retry-Until:` the arrival
+//! plus `queue_lifetime`), when its NOTIFY names DELAY: without NOTIFY, RFC 3461 section
+//! 4.1 leaves delay notices to the server, and tern sends none. Never for the null sender.
+//! The scheduler looks for them where it expires and settles entries; the recipients of a
+//! message that come due in the same round share one notice, and each is marked
+//! `delay_warned` in the envelope after the notice is queued.
+//!
 //! Known limits:
-//! - No delay notices (NOTIFY=DELAY) are sent.
-//! - A notification is queued before the failed recipients are marked done, so a crash
-//!   between the two sends it twice (never zero times).
+//! - A notification is queued before the recipients it reports on are marked (done, or
+//!   `delay_warned`), so a crash between the two sends it twice (never zero times).
 //! - Recipients that an LMTP server refused are retried over LMTP only; if `delivery.local`
 //!   has become `maildir` meanwhile they wait until they expire.
 //! - Notifications to local senders go into the Maildir even with `delivery.local =
