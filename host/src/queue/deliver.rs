@@ -180,7 +180,8 @@ fn queue_wait(weak: &Weak<Services>, wait: Duration) {
     }
 }
 
-/// Looks at one entry: expires, settles and collects its due recipients into `due`.
+/// Looks at one entry: expires, settles, sends its delay notices and collects its due
+/// recipients into `due`.
 /// Returns when its next recipient is due, if later than now.
 fn plan(
     services: &Arc<Services>,
@@ -223,11 +224,11 @@ fn plan(
             services.queue().wake();
             return None;
         }
+        // A notice that could not be sent must not hold up the delivery itself: the
+        // recipients are planned as usual, and the notice is tried again next round.
         let warn = delay_owed(services, entry, now);
-        if !warn.is_empty() {
-            if warn_delayed(services, entry, &warn) {
-                services.queue().wake();
-            }
+        if !warn.is_empty() && warn_delayed(services, entry, &warn) {
+            services.queue().wake();
             return None;
         }
     }
@@ -826,9 +827,9 @@ fn delay_owed(services: &Services, entry: &Entry, now: u64) -> Vec<usize> {
 }
 
 /// Sends one delay notice for recipients `owed` of `entry`, then records that they were
-/// warned. Returns whether that record was written. Like a failure report, the notice is queued
-/// before the record is written, so a crash between the two sends it twice, never zero
-/// times; a notice that cannot be sent is tried again on the next round.
+/// warned. Returns whether that record was written. Like a failure report, the notice is
+/// queued before the record is written, so a crash between the two sends it twice, never
+/// zero times.
 fn warn_delayed(services: &Arc<Services>, entry: &Entry, owed: &[usize]) -> bool {
     let id = &entry.id;
     if let Err(e) = bounce::notify(services, entry, owed) {
