@@ -47,6 +47,17 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Work(Output);
 
+impl Work {
+    /// For a piece of message text, its length. Such work has no answer, so a runtime may
+    /// hold a few pieces back and hand them over together with later work, in order.
+    pub fn text_len(&self) -> Option<usize> {
+        match &self.0 {
+            Output::MessageData(bytes) => Some(bytes.len()),
+            _ => None,
+        }
+    }
+}
+
 /// The answer to feed back into the session after [`ConnectionHandler::work`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {

@@ -933,3 +933,19 @@ fn an_auth_connection_is_served_from_the_accounts() {
         "{log}"
     );
 }
+
+#[test]
+fn only_message_text_tells_its_length_for_batching() {
+    use tern_core::server::Output;
+    let text = |output| match Action::from(output) {
+        Action::Work(work) => work.text_len(),
+        other => panic!("not work: {other:?}"),
+    };
+    assert_eq!(
+        text(Output::MessageData(b"hello\r\n".to_vec().into())),
+        Some(7)
+    );
+    assert_eq!(text(Output::MessageEnd), None);
+    assert_eq!(text(Output::MessageAbort), None);
+    assert_eq!(text(Output::CheckDomain("example.org".into())), None);
+}
