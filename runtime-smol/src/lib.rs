@@ -3,9 +3,9 @@
 //!
 //! Every [`Work`] of a session (password hashing, spool and Maildir writes, fsync, DNS)
 //! runs on the `blocking` thread pool through `smol::unblock`, never on an executor thread;
-//! consecutive ones go together in one call. Pieces of message text need no answer, so they
-//! wait until [`TEXT_BATCH`] octets have gathered or other work follows: a message costs a
-//! hand-off per 64 KiB rather than one per read. The few log lines written at connect,
+//! consecutive ones go together in one call. A message's start and its pieces of text need
+//! no answer, so they wait until [`TEXT_BATCH`] octets have gathered or other work follows:
+//! a message costs a hand-off per 64 KiB and one at its end, rather than one per read. The few log lines written at connect,
 //! STARTTLS and refusal are plain appends and stay on the executor.
 //!
 //! An idle plain session holds no read buffer: it borrows [`READ_SIZE`] octets for a read
@@ -39,7 +39,8 @@ use tern_host::tls::connection_info;
 /// How much a session reads at a time; more is borrowed only while input keeps coming.
 pub const READ_SIZE: usize = 4096;
 
-/// How much message text a session holds back before handing it to the blocking pool.
+/// How much message text a session holds back before handing it to the blocking pool (see
+/// [`Work::deferrable_len`]).
 /// Each hand-off wakes a pool thread and then the session's task again; done per read, the
 /// two wake-ups cost more than writing the text (which mostly lands in the spool's buffer).
 pub const TEXT_BATCH: usize = 64 * 1024;
@@ -208,13 +209,31 @@ async fn connection(
     _alive: Sender<()>,
 ) {
     let (mut session, handler) = services.open_session(admission, peer, None, Instant::now());
-    let handler = serve(&services, index, &mut session, handler, stream, &stop).await;
-    // Dropping an unfinished message removes its spool file: file system work too.
-    smol::unblock(move || handler.finish(&session)).await;
+    let mut held = Vec::new();
+    let mut handler = serve(
+        &services,
+        index,
+        &mut session,
+        handler,
+        stream,
+        &stop,
+        &mut held,
+    )
+    .await;
+    // Dropping an unfinished message removes its spool file: file system work too. Work
+    // still held back is done first, so the handler sees every piece as it would have.
+    smol::unblock(move || {
+        for work in held {
+            handler.work(work);
+        }
+        handler.finish(&session);
+    })
+    .await;
 }
 
 /// Runs one connection until the session closes, the client goes away, or shutdown ends
-/// it; hands the handler back for [`ConnectionHandler::finish`].
+/// it; hands the handler back for [`ConnectionHandler::finish`], and leaves in `held` the
+/// work it was holding back (a message's start and text) for the handler to do first.
 async fn serve(
     services: &Services,
     index: usize,
@@ -222,6 +241,7 @@ async fn serve(
     mut handler: ConnectionHandler,
     stream: Conn,
     stop: &Receiver<()>,
+    held: &mut Vec<Work>,
 ) -> ConnectionHandler {
     let Some(config) = services.session_config(index).cloned() else {
         return handler;
@@ -238,13 +258,10 @@ async fn serve(
     }
 
     let mut driver = Driver::new();
-    let mut held: Option<Action> = None;
+    let mut next: Option<Action> = None;
     let mut streak = 0;
-    // Message text not yet handed over. Left here when the connection ends, it is dropped:
-    // a message whose end never came is thrown away anyway.
-    let mut text: Vec<Work> = Vec::new();
     loop {
-        while let Some(action) = held
+        while let Some(action) = next
             .take()
             .or_else(|| session.poll_output().map(Action::from))
         {
@@ -275,17 +292,17 @@ async fn serve(
                     return handler;
                 }
                 Action::Work(work) => {
-                    let mut batch = std::mem::take(&mut text);
+                    let mut batch = std::mem::take(held);
                     batch.push(work);
                     loop {
                         match session.poll_output().map(Action::from) {
                             Some(Action::Work(work)) => batch.push(work),
-                            other => break held = other,
+                            other => break next = other,
                         }
                     }
-                    let text_len: Option<usize> = batch.iter().map(Work::text_len).sum();
-                    if text_len.is_some_and(|len| len < TEXT_BATCH) {
-                        text = batch;
+                    let text: Option<usize> = batch.iter().map(Work::deferrable_len).sum();
+                    if text.is_some_and(|len| len < TEXT_BATCH) {
+                        *held = batch;
                         continue;
                     }
                     let answers;

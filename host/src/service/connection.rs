@@ -48,10 +48,12 @@ pub enum Action {
 pub struct Work(Output);
 
 impl Work {
-    /// For a piece of message text, its length. Such work has no answer, so a runtime may
-    /// hold a few pieces back and hand them over together with later work, in order.
-    pub fn text_len(&self) -> Option<usize> {
+    /// For work that answers nothing and may wait for later work, the octets of message text
+    /// it carries: a message's start (0) and its pieces of text. A runtime may hold such work
+    /// back and hand it over together with what follows, in order.
+    pub fn deferrable_len(&self) -> Option<usize> {
         match &self.0 {
+            Output::MessageStart(_) => Some(0),
             Output::MessageData(bytes) => Some(bytes.len()),
             _ => None,
         }
