@@ -5,13 +5,15 @@
 //! runs on the `blocking` thread pool through `smol::unblock`, never on an executor thread;
 //! consecutive ones go together in one call. A message's start and its pieces of text need
 //! no answer, so they wait until [`TEXT_BATCH`] octets have gathered or other work follows:
-//! a message costs a hand-off per 64 KiB and one at its end, rather than one per read. The few log lines written at connect,
-//! STARTTLS and refusal are plain appends and stay on the executor.
+//! a message costs a hand-off per 64 KiB and one at its end, rather than one per read. The
+//! few log lines written at connect, STARTTLS and refusal are plain appends and stay on the
+//! executor.
 //!
 //! An idle plain session holds no read buffer: it borrows [`READ_SIZE`] octets for a read
-//! and gives them back when the read would block, before it waits for readability. On SIGTERM or SIGINT the acceptors stop, every session is
-//! asked to shut down (idle ones close at once with 421, ones inside a transaction finish
-//! it), and [`run`] returns once they are gone or [`SHUTDOWN_GRACE`] has passed.
+//! and gives them back when the read would block, before it waits for readability. On
+//! SIGTERM or SIGINT the acceptors stop, every session is asked to shut down (idle ones
+//! close at once with 421, ones inside a transaction finish it), and [`run`] returns once
+//! they are gone or [`SHUTDOWN_GRACE`] has passed.
 
 use std::future::Future;
 use std::io::{self, Read};
