@@ -111,6 +111,66 @@ fn a_pipelined_conversation_with_a_large_message_matches_the_blocking_runtime() 
 }
 
 #[test]
+fn text_held_back_between_pauses_is_stored_whole_and_a_message_cut_off_is_not() {
+    // Pieces below and above the 64 KiB hand-off, with pauses so the session waits for input
+    // while it holds text back, and a CR LF split across two pieces.
+    let line = |n: usize| format!("piece line {n:05}, padded out to about fifty octets\r\n");
+    let first: String = (0..100).map(line).collect();
+    let second: String = (100..2000).map(line).collect();
+    let mut server = Server::start("smol", "");
+    let open = |server: &Server| {
+        let mut stream = TcpStream::connect(server.address("smtp")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(
+            read_reply(&mut stream),
+            "220 mail.example.net ESMTP tern\r\n"
+        );
+        for (command, reply) in [
+            ("HELO client.example\r\n", "250 mail.example.net\r\n"),
+            ("MAIL FROM:<alice@example.org>\r\n", "250 2.1.0 Ok\r\n"),
+            ("RCPT TO:<bob@example.net>\r\n", "250 2.1.5 Ok\r\n"),
+            ("DATA\r\n", "354 End data with <CR><LF>.<CR><LF>\r\n"),
+        ] {
+            stream.write_all(command.as_bytes()).unwrap();
+            assert_eq!(read_reply(&mut stream), reply);
+        }
+        stream
+    };
+
+    // Cut off in the middle of its text: nothing of it may be delivered.
+    let mut dropped = open(&server);
+    dropped.write_all(b"Subject: dropped\r\n\r\n").unwrap();
+    dropped.write_all(first.as_bytes()).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    drop(dropped);
+
+    let mut stream = open(&server);
+    stream.write_all(b"Subject: pieces\r\n\r\n").unwrap();
+    stream.write_all(first.as_bytes()).unwrap();
+    stream.write_all(b"split\r").unwrap();
+    thread::sleep(Duration::from_millis(200));
+    stream.write_all(b"\n").unwrap();
+    stream.write_all(second.as_bytes()).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    stream.write_all(b"last\r\n.\r\nQUIT\r\n").unwrap();
+    assert_eq!(
+        mask(&read_to_end(&mut stream)),
+        "250 2.0.0 Ok: queued as QUEUEID\r\n221 2.0.0 Bye\r\n"
+    );
+    let stored = server.only_message("bob");
+    let expected =
+        format!("\nSubject: pieces\n\n{first}split\n{second}last\n").replace("\r\n", "\n");
+    assert!(stored.ends_with(&expected), "the stored text differs");
+    server.stop_and_expect_exit_0();
+    // The start of the message cut off was held back with its text, and still done (and
+    // logged) before the connection's end, as for the other runtimes.
+    let log = fs::read_to_string(server.root.path().join("mail.log")).unwrap();
+    assert_eq!(log.matches(": client=").count(), 2, "{log}");
+}
+
+#[test]
 fn starttls_then_auth_then_a_message() {
     let mut server = Server::start("smol", "");
     let mut plain = TcpStream::connect(server.address("smtp")).unwrap();

@@ -3,17 +3,20 @@
 //!
 //! Every [`Work`] of a session (password hashing, spool and Maildir writes, fsync, DNS)
 //! runs on the `blocking` thread pool through `smol::unblock`, never on an executor thread;
-//! consecutive ones go together in one call, so a message's pieces cost one hand-off per
-//! read. The few log lines written at connect, STARTTLS and refusal are plain appends and
-//! stay on the executor.
+//! consecutive ones go together in one call. A message's start and its pieces of text need
+//! no answer, so they wait until [`TEXT_BATCH`] octets have gathered or other work follows:
+//! a message costs a hand-off per 64 KiB and one at its end, rather than one per read. The
+//! few log lines written at connect, STARTTLS and refusal are plain appends and stay on the
+//! executor.
 //!
-//! An idle plain session holds no read buffer: it waits for readability first and only then
-//! borrows [`READ_SIZE`] octets. On SIGTERM or SIGINT the acceptors stop, every session is
-//! asked to shut down (idle ones close at once with 421, ones inside a transaction finish
-//! it), and [`run`] returns once they are gone or [`SHUTDOWN_GRACE`] has passed.
+//! An idle plain session holds no read buffer: it borrows [`READ_SIZE`] octets for a read
+//! and gives them back when the read would block, before it waits for readability. On
+//! SIGTERM or SIGINT the acceptors stop, every session is asked to shut down (idle ones
+//! close at once with 421, ones inside a transaction finish it), and [`run`] returns once
+//! they are gone or [`SHUTDOWN_GRACE`] has passed.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
@@ -37,6 +40,16 @@ use tern_host::tls::connection_info;
 
 /// How much a session reads at a time; more is borrowed only while input keeps coming.
 pub const READ_SIZE: usize = 4096;
+
+/// How much message text a session holds back before handing it to the blocking pool (see
+/// [`Work::deferrable_len`]).
+/// Each hand-off wakes a pool thread and then the session's task again; done per read, the
+/// two wake-ups cost more than writing the text (which mostly lands in the spool's buffer).
+pub const TEXT_BATCH: usize = 64 * 1024;
+
+/// How many reads in a row may find input already waiting before the session's task yields
+/// to the others on its executor thread.
+const FAIR_READS: u32 = 16;
 
 /// How long a refused connection gets to take its 421.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -198,13 +211,31 @@ async fn connection(
     _alive: Sender<()>,
 ) {
     let (mut session, handler) = services.open_session(admission, peer, None, Instant::now());
-    let handler = serve(&services, index, &mut session, handler, stream, &stop).await;
-    // Dropping an unfinished message removes its spool file: file system work too.
-    smol::unblock(move || handler.finish(&session)).await;
+    let mut held = Vec::new();
+    let mut handler = serve(
+        &services,
+        index,
+        &mut session,
+        handler,
+        stream,
+        &stop,
+        &mut held,
+    )
+    .await;
+    // Dropping an unfinished message removes its spool file: file system work too. Work
+    // still held back is done first, so the handler sees every piece as it would have.
+    smol::unblock(move || {
+        for work in held {
+            handler.work(work);
+        }
+        handler.finish(&session);
+    })
+    .await;
 }
 
 /// Runs one connection until the session closes, the client goes away, or shutdown ends
-/// it; hands the handler back for [`ConnectionHandler::finish`].
+/// it; hands the handler back for [`ConnectionHandler::finish`], and leaves in `held` the
+/// work it was holding back (a message's start and text) for the handler to do first.
 async fn serve(
     services: &Services,
     index: usize,
@@ -212,6 +243,7 @@ async fn serve(
     mut handler: ConnectionHandler,
     stream: Conn,
     stop: &Receiver<()>,
+    held: &mut Vec<Work>,
 ) -> ConnectionHandler {
     let Some(config) = services.session_config(index).cloned() else {
         return handler;
@@ -228,9 +260,10 @@ async fn serve(
     }
 
     let mut driver = Driver::new();
-    let mut held: Option<Action> = None;
+    let mut next: Option<Action> = None;
+    let mut streak = 0;
     loop {
-        while let Some(action) = held
+        while let Some(action) = next
             .take()
             .or_else(|| session.poll_output().map(Action::from))
         {
@@ -261,12 +294,18 @@ async fn serve(
                     return handler;
                 }
                 Action::Work(work) => {
-                    let mut batch = vec![work];
+                    let mut batch = std::mem::take(held);
+                    batch.push(work);
                     loop {
                         match session.poll_output().map(Action::from) {
                             Some(Action::Work(work)) => batch.push(work),
-                            other => break held = other,
+                            other => break next = other,
                         }
+                    }
+                    let text: Option<usize> = batch.iter().map(Work::deferrable_len).sum();
+                    if text.is_some_and(|len| len < TEXT_BATCH) {
+                        *held = batch;
+                        continue;
                     }
                     let answers;
                     (handler, answers) = unblock_work(handler, batch).await;
@@ -290,7 +329,7 @@ async fn serve(
             if !read {
                 future::pending::<()>().await;
             }
-            Some(read_into(&mut conn, driver.input()).await)
+            Some(read_into(&mut conn, driver.input(), &mut streak).await)
         };
         let timer = async {
             until.map_or_else(Timer::never, Timer::at).await;
@@ -427,6 +466,10 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {
 
     /// Ends the socket after `close` sent what was left (and a TLS close_notify).
     fn shutdown(&self);
+
+    /// Reads what has arrived without waiting (`WouldBlock` if nothing has); `None` under
+    /// TLS, whose reads are awaited.
+    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>>;
 }
 
 impl Stream for Async<TcpStream> {
@@ -436,6 +479,10 @@ impl Stream for Async<TcpStream> {
 
     fn shutdown(&self) {
         let _ = self.get_ref().shutdown(Shutdown::Both);
+    }
+
+    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        Some(Read::read(&mut self.get_ref(), buf))
     }
 }
 
@@ -447,6 +494,10 @@ impl Stream for Async<UnixStream> {
     fn shutdown(&self) {
         let _ = self.get_ref().shutdown(Shutdown::Both);
     }
+
+    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        Some(Read::read(&mut self.get_ref(), buf))
+    }
 }
 
 impl Stream for TlsStream<Conn> {
@@ -457,18 +508,51 @@ impl Stream for TlsStream<Conn> {
     fn shutdown(&self) {
         self.get_ref().0.shutdown();
     }
+
+    fn read_now(&self, _: &mut [u8]) -> Option<io::Result<usize>> {
+        None
+    }
 }
 
 /// Appends what the client sent next to `pending`; 0 at end of input. An idle plain
 /// connection waits without a buffer.
-async fn read_into(conn: &mut Conn, pending: &mut Vec<u8>) -> io::Result<usize> {
-    future::poll_fn(|cx| conn.poll_readable(cx)).await?;
+///
+/// A plain connection tries the read first and waits for readability only when it would
+/// block: waiting first costs a trip through the reactor (an `epoll_ctl` and a wake-up) for
+/// every read, even when the input is already there, as it is all through a message's text.
+/// `streak` counts the reads that found input waiting; after [`FAIR_READS`] of them the task
+/// yields once, so a client that never lets its socket run dry cannot hold an executor
+/// thread.
+async fn read_into(conn: &mut Conn, pending: &mut Vec<u8>, streak: &mut u32) -> io::Result<usize> {
+    if *streak >= FAIR_READS {
+        *streak = 0;
+        future::yield_now().await;
+    }
     let start = pending.len();
-    pending.resize(start + READ_SIZE, 0);
-    let mut fill = Truncate(pending, start);
-    let n = conn.read(&mut fill.0[start..]).await?;
-    fill.1 += n;
-    Ok(n)
+    loop {
+        pending.resize(start + READ_SIZE, 0);
+        let mut fill = Truncate(pending, start);
+        let read = match conn.read_now(&mut fill.0[start..]) {
+            Some(read) => read,
+            None => conn.read(&mut fill.0[start..]).await,
+        };
+        match read {
+            Ok(n) => {
+                fill.1 += n;
+                *streak += 1;
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            Err(_) => {}
+        }
+        drop(fill);
+        if pending.is_empty() {
+            *pending = Vec::new();
+        }
+        *streak = 0;
+        future::poll_fn(|cx| conn.poll_readable(cx)).await?;
+    }
 }
 
 /// Cuts a buffer back to a length on drop: the room a read did not fill goes also when the

@@ -47,6 +47,19 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Work(Output);
 
+impl Work {
+    /// For work that answers nothing and may wait for later work, the octets of message text
+    /// it carries: a message's start (0) and its pieces of text. A runtime may hold such work
+    /// back and hand it over together with what follows, in order.
+    pub fn deferrable_len(&self) -> Option<usize> {
+        match &self.0 {
+            Output::MessageStart(_) => Some(0),
+            Output::MessageData(bytes) => Some(bytes.len()),
+            _ => None,
+        }
+    }
+}
+
 /// The answer to feed back into the session after [`ConnectionHandler::work`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {

@@ -933,3 +933,30 @@ fn an_auth_connection_is_served_from_the_accounts() {
         "{log}"
     );
 }
+
+#[test]
+fn only_a_message_start_and_its_text_may_be_deferred() {
+    use tern_core::address::ReversePath;
+    use tern_core::server::{Envelope, Output};
+    let deferrable = |output| match Action::from(output) {
+        Action::Work(work) => work.deferrable_len(),
+        other => panic!("not work: {other:?}"),
+    };
+    let envelope = Envelope {
+        sender: ReversePath::Null,
+        params: Default::default(),
+        recipients: Vec::new(),
+        helo: None,
+        protocol: "ESMTP",
+        login: None,
+        mechanism: None,
+    };
+    assert_eq!(deferrable(Output::MessageStart(envelope)), Some(0));
+    assert_eq!(
+        deferrable(Output::MessageData(b"hello\r\n".to_vec().into())),
+        Some(7)
+    );
+    assert_eq!(deferrable(Output::MessageEnd), None);
+    assert_eq!(deferrable(Output::MessageAbort), None);
+    assert_eq!(deferrable(Output::CheckDomain("example.org".into())), None);
+}
