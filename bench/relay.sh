@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Relaying N messages to Postfix's smtp-sink on loopback: tern against Postfix, in one run.
 #
-#   bench/relay.sh [TERN_BINARY]      (N=10000 by default; N=500 bench/relay.sh for a quick look)
+#   bench/relay.sh [TERN_BINARY]      (N=10000, RUNS=3, RUNTIME=smol by default)
 #
 # Both servers take the messages from smtp-source on a trusted loopback address and relay
 # them to their own smtp-sink through a relay host (tern: delivery.relay_host; Postfix:
 # relayhost). The time runs from the first message submitted until the sink has counted the
-# last one, so it covers receiving, queueing (fsync) and relaying. Prints messages per
-# second for each and the ratio. Needs root (smtp-sink -u, Postfix), postfix and python3;
+# last one, so it covers receiving, queueing (fsync) and relaying. Both servers start once;
+# the rounds then alternate between them (tern, Postfix, tern, ...), each after a `sync`, so
+# a slow spell of the disk falls on both. Prints each round and the medians: messages per
+# second for each and the ratio of the medians. Needs root (smtp-sink -u, Postfix), postfix and python3;
 # touches nothing outside a temporary directory: the Postfix instance runs with `-c` on a
 # private configuration directory.
 set -euo pipefail
 
 N=${N:-10000}
+RUNS=${RUNS:-3}
+RUNTIME=${RUNTIME:-smol}  # tern's default
 TERN=${1:-target/release/tern}
 SESSIONS=${SESSIONS:-10}
 W=$(mktemp -d /tmp/tern-relay-bench.XXXXXX)
@@ -40,28 +44,35 @@ wait_port() {
     return 1
 }
 
-# Starts a sink; prints its port. Its counter goes to $W/sink-NAME.
+# Starts a sink and sets SINK_PORT. Its counter goes to $W/sink-NAME. Not run in a command
+# substitution: the pid must reach PIDS in this shell, or cleanup would miss the sink.
 start_sink() {
-    local port
-    port=$(free_port)
-    smtp-sink -u nobody -c "127.0.0.1:$port" 256 >"$W/sink-$1" 2>&1 &
+    SINK_PORT=$(free_port)
+    smtp-sink -u nobody -c "127.0.0.1:$SINK_PORT" 256 >"$W/sink-$1" 2>&1 &
     PIDS+=($!)
-    wait_port "$port" >/dev/null
-    echo "$port"
+    wait_port "$SINK_PORT" >/dev/null
 }
 
-# Seconds until the sink NAME has counted N messages.
+# Seconds since START until the sink NAME has counted TOTAL messages (its count runs on
+# across rounds).
 wait_sink() {
-    local start=$1 name=$2
+    local start=$1 name=$2 total=$3
     while :; do
         local count
         count=$(tr '\r' '\n' <"$W/sink-$name" | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1)
-        if [ "${count:-0}" -ge "$N" ]; then
+        if [ "${count:-0}" -ge "$total" ]; then
             python3 -c "import time; print(round(time.time() - $start, 2))"
             return
         fi
         sleep 0.05
     done
+}
+
+# Writes back what earlier runs left dirty (a previous run's removed queue, for one), so
+# neither server's time includes the other's disk work.
+settle() {
+    sync
+    sleep 1
 }
 
 submit() {  # submit PORT
@@ -70,7 +81,8 @@ submit() {  # submit PORT
 }
 
 # --- tern ------------------------------------------------------------------------------
-SINK_T=$(start_sink tern)
+start_sink tern
+SINK_T=$SINK_PORT
 TPORT=$(free_port)
 mkdir -p "$W/tern"
 : >"$W/tern/users"
@@ -78,7 +90,7 @@ cat >"$W/tern/tern.toml" <<EOF
 hostname = "tern.bench"
 domains = ["bench.test"]
 trusted_networks = ["127.0.0.0/8"]
-runtime = "blocking"
+runtime = "$RUNTIME"
 data_dir = "$W/tern/data"
 log = "$W/tern/mail.log"
 
@@ -97,13 +109,10 @@ EOF
 "$TERN" serve --config "$W/tern/tern.toml" >"$W/tern/stdout" 2>"$W/tern/stderr" &
 PIDS+=($!)
 wait_port "$TPORT"
-start=$(python3 -c 'import time; print(time.time())')
-submit "$TPORT"
-echo "tern: accepted $N in $(python3 -c "import time; print(round(time.time() - $start, 2))") s"
-tern_secs=$(wait_sink "$start" tern)
 
 # --- Postfix ---------------------------------------------------------------------------
-SINK_P=$(start_sink postfix)
+start_sink postfix
+SINK_P=$SINK_PORT
 PPORT=$(free_port)
 PF="$W/postfix"
 mkdir -p "$PF/etc" "$PF/queue" "$PF/data"
@@ -130,14 +139,31 @@ postconf -c "$PF/etc" -M -X 'smtp/inet'
 postconf -c "$PF/etc" -M -e "127.0.0.1:$PPORT/inet = 127.0.0.1:$PPORT inet n - n - - smtpd"
 postfix -c "$PF/etc" start >"$W/postfix-start" 2>&1 && PF_STARTED=1 || { cat "$W/postfix-start" >&2; exit 1; }
 wait_port "$PPORT"
-start=$(python3 -c 'import time; print(time.time())')
-submit "$PPORT"
-echo "postfix: accepted $N in $(python3 -c "import time; print(round(time.time() - $start, 2))") s"
-postfix_secs=$(wait_sink "$start" postfix)
 
-python3 - "$N" "$tern_secs" "$postfix_secs" <<'EOF'
-import sys
-n, tern, postfix = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-print(f"relay {n} messages: tern {n / tern:.0f} msg/s ({tern} s), "
-      f"postfix {n / postfix:.0f} msg/s ({postfix} s), ratio {postfix / tern:.2f}")
+# One timed round: submit N messages to PORT, wait until sink NAME has them all; prints the
+# seconds.
+round() {
+    local name=$1 port=$2 total=$3 start
+    settle
+    start=$(python3 -c 'import time; print(time.time())')
+    submit "$port" >&2
+    echo "$name: accepted $N in $(python3 -c "import time; print(round(time.time() - $start, 2))") s" >&2
+    wait_sink "$start" "$name" "$total"
+}
+
+TERN_SECS=()
+POSTFIX_SECS=()
+for run in $(seq "$RUNS"); do
+    TERN_SECS+=("$(round tern "$TPORT" $((run * N)))")
+    POSTFIX_SECS+=("$(round postfix "$PPORT" $((run * N)))")
+    echo "round $run: tern ${TERN_SECS[-1]} s, postfix ${POSTFIX_SECS[-1]} s"
+done
+
+python3 - "$N" "${TERN_SECS[*]}" "${POSTFIX_SECS[*]}" <<'EOF'
+import statistics, sys
+n = int(sys.argv[1])
+tern = statistics.median(float(x) for x in sys.argv[2].split())
+postfix = statistics.median(float(x) for x in sys.argv[3].split())
+print(f"relay {n} messages, median of {len(sys.argv[2].split())}: tern {n / tern:.0f} msg/s "
+      f"({tern:.2f} s), postfix {n / postfix:.0f} msg/s ({postfix:.2f} s), ratio {postfix / tern:.2f}")
 EOF

@@ -179,6 +179,9 @@ fn serve(
 
     let mut driver = Driver::new();
     let mut buf = vec![0u8; 16 * 1024];
+    // The socket's read timeout as last set: it is nearly always POLL, and setting it again
+    // before every read would cost a system call each time.
+    let mut read_timeout = None;
     loop {
         while let Some(output) = session.poll_output() {
             match Action::from(output) {
@@ -202,6 +205,8 @@ fn serve(
                     };
                     handler.tls_established(connection_info(&stream.conn));
                     conn = Conn::Tls(Box::new(stream));
+                    // The handshake set timeouts of its own.
+                    read_timeout = None;
                     session.handle_tls_established(Instant::now());
                 }
                 Action::Close => {
@@ -233,8 +238,11 @@ fn serve(
             thread::sleep(wait);
             continue;
         }
-        if conn.set_read_timeout(wait).is_err() {
-            return;
+        if read_timeout != Some(wait) {
+            if conn.set_read_timeout(wait).is_err() {
+                return;
+            }
+            read_timeout = Some(wait);
         }
         match conn.read(&mut buf) {
             Ok(0) => return,
