@@ -42,6 +42,9 @@ struct Receiver {
     stalled: Arc<AtomicBool>,
     /// Connections accepted so far.
     connections: Arc<AtomicUsize>,
+    /// When set, a connection is closed after 200 ms without a command, as a server
+    /// that times out idle clients would.
+    idle_close: Arc<AtomicBool>,
 }
 
 impl Receiver {
@@ -57,16 +60,23 @@ impl Receiver {
         let stalled = Arc::new(AtomicBool::new(false));
         let refused_once = Arc::new(Mutex::new(false));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (g, s, sd, n) = (
+        let idle_close = Arc::new(AtomicBool::new(false));
+        let (g, s, sd, n, ic) = (
             got.clone(),
             stall.clone(),
             stalled.clone(),
             connections.clone(),
+            idle_close.clone(),
         );
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { break };
                 n.fetch_add(1, Ordering::SeqCst);
+                if ic.load(Ordering::SeqCst) {
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                }
                 let (g, s, sd, r) = (g.clone(), s.clone(), sd.clone(), refused_once.clone());
                 thread::spawn(move || serve_one(stream, &g, &s, &sd, &r));
             }
@@ -77,6 +87,7 @@ impl Receiver {
             stall,
             stalled,
             connections,
+            idle_close,
         }
     }
 
@@ -287,6 +298,37 @@ fn one_connection_carries_a_stream_of_messages() {
         (1..=count / 2).contains(&connections),
         "{count} messages came over {connections} connections"
     );
+}
+
+/// A server may close a connection the worker keeps for the next message; the message
+/// then goes over a new one at once, with no deferral logged.
+#[test]
+fn a_connection_closed_while_idle_is_replaced_without_a_deferral() {
+    let receiver = Receiver::start();
+    receiver.idle_close.store(true, Ordering::SeqCst);
+    let fx = relaying_fixture(&receiver);
+    let server = serve(&fx);
+    send(
+        &server,
+        "alice@example.net",
+        &["carol@remote.test"],
+        "first",
+    );
+    receiver.wait_for(1);
+    // Past the receiver's 200 ms, well within the two seconds the worker keeps the
+    // connection.
+    thread::sleep(Duration::from_millis(600));
+    send(
+        &server,
+        "alice@example.net",
+        &["carol@remote.test"],
+        "second",
+    );
+    let got = receiver.wait_for(2);
+    assert_eq!(got.len(), 2);
+    let log = wait_log(&fx, "status=sent");
+    assert!(!log.contains("status=deferred"), "{log}");
+    assert_eq!(receiver.connections.load(Ordering::SeqCst), 2);
 }
 
 #[track_caller]

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tern_core::address::{Mailbox, ReversePath};
 use tern_core::client::{
-    self, Config as ClientConfig, Message, Recipient, Report, TlsPolicy, Verdict,
+    self, Config as ClientConfig, Message, Problem, Recipient, Report, SessionError, TlsPolicy,
+    Verdict,
 };
 use tern_core::command::{Body, MailParams, RcptParams, Ret};
 use tern_core::reply::Mode;
@@ -389,13 +390,20 @@ fn work(services: &Arc<Services>, pool: &Pool, destination: &str) {
             }
         };
         let mut current = first;
+        let mut reused = false;
         job = loop {
-            let alive = send_job(services, &mut conn, &via, &current);
+            let sent = send_job(services, &mut conn, &via, &current, reused);
+            if sent == Sent::Stale {
+                // Nothing of this message reached the server: it goes again, on a new
+                // connection, without counting as an attempt.
+                break Some(current);
+            }
             pool.done(destination, &current);
             services.queue().wake();
-            if !alive {
+            if sent == Sent::Closed {
                 break pool.next(destination, Duration::ZERO);
             }
+            reused = true;
             match pool.next(destination, IDLE) {
                 Some(next) => current = next,
                 None => {
@@ -533,11 +541,31 @@ impl Connector {
     }
 }
 
-/// Sends one job over `conn`. Returns whether the connection can take another.
-fn send_job(services: &Arc<Services>, conn: &mut Connection, via: &Via, job: &Job) -> bool {
+/// How a job went, for the connection it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// The job's outcome is recorded and the connection can take another.
+    Alive,
+    /// The job's outcome is recorded and the connection is gone.
+    Closed,
+    /// A connection kept from an earlier message was gone before the server asked for the
+    /// text: a server may close an idle connection at any time (RFC 5321 section 4.1.1.5
+    /// lets it end one with 421), so this says nothing about the message, and nothing is
+    /// recorded.
+    Stale,
+}
+
+/// Sends one job over `conn`, which has carried other messages before when `reused`.
+fn send_job(
+    services: &Arc<Services>,
+    conn: &mut Connection,
+    via: &Via,
+    job: &Job,
+    reused: bool,
+) -> Sent {
     let queue = services.queue();
     let Ok(entry) = queue.load(&job.id) else {
-        return true;
+        return Sent::Alive;
     };
     let indices: Vec<usize> = job
         .recipients
@@ -551,7 +579,7 @@ fn send_job(services: &Arc<Services>, conn: &mut Connection, via: &Via, job: &Jo
         })
         .collect();
     if indices.is_empty() {
-        return true;
+        return Sent::Alive;
     }
     let service = via.service;
     let message = match message_of(&entry, &indices) {
@@ -559,18 +587,21 @@ fn send_job(services: &Arc<Services>, conn: &mut Connection, via: &Via, job: &Jo
         Err(text) => {
             let outcomes = vec![Outcome::failed(true, "5.1.3", &text); indices.len()];
             record(services, service, &entry.id, &indices, &outcomes, None);
-            return true;
+            return Sent::Alive;
         }
     };
     if let Err(text) = conn.start_message(message) {
         let outcomes = vec![Outcome::failed(true, "5.5.4", &text); indices.len()];
         record(services, service, &entry.id, &indices, &outcomes, None);
-        return true;
+        return Sent::Alive;
     }
     let mut reported = false;
+    let mut text_sent = false;
+    let mut stale = false;
     loop {
         match conn.next_event() {
             Event::MessageText => {
+                text_sent = true;
                 let sent = File::open(queue.message_path(&entry.id))
                     .and_then(|mut file| conn.send_text(entry.received.as_bytes(), &mut file));
                 if let Err(e) = sent {
@@ -581,13 +612,17 @@ fn send_job(services: &Arc<Services>, conn: &mut Connection, via: &Via, job: &Jo
                     conn.abort();
                 }
             }
+            Event::Report(report) if reused && !text_sent && closed_while_idle(&report) => {
+                stale = true;
+            }
             Event::Report(report) => {
                 let remote_dsn = conn.session().extensions().dsn;
                 let outcomes = outcomes_of(&report, remote_dsn);
                 record(services, service, &entry.id, &indices, &outcomes, Some(via));
                 reported = true;
             }
-            Event::Ready => return true,
+            Event::Ready => return Sent::Alive,
+            Event::Closed(_) if stale => return Sent::Stale,
             Event::Closed(error) => {
                 if !reported {
                     let relay = &via.relay;
@@ -598,7 +633,7 @@ fn send_job(services: &Arc<Services>, conn: &mut Connection, via: &Via, job: &Jo
                     let outcomes = vec![Outcome::failed(false, "4.4.2", &text); indices.len()];
                     record(services, service, &entry.id, &indices, &outcomes, Some(via));
                 }
-                return false;
+                return Sent::Closed;
             }
         }
     }
@@ -915,6 +950,18 @@ fn message_of(entry: &Entry, indices: &[usize]) -> Result<Message, String> {
             auth: None,
         },
         recipients,
+    })
+}
+
+/// Whether the server ended the session before it said anything about the message: the
+/// connection lost, or a 421, before any recipient's verdict.
+fn closed_while_idle(report: &Report) -> bool {
+    report.recipients.iter().all(|r| match &r.verdict {
+        Verdict::NotSent(Problem::Session(SessionError::ConnectionLost { .. })) => true,
+        Verdict::NotSent(Problem::Session(SessionError::Refused { reply, .. })) => {
+            reply.code == 421
+        }
+        _ => false,
     })
 }
 

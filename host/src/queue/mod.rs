@@ -29,7 +29,9 @@
 //! in preference order, then the next address on a connection failure or a refused
 //! greeting) and sends message after message from its lane over it, keeping it open for
 //! two seconds after the lane runs empty, so a steady stream to one destination reuses a
-//! few connections instead of opening one per message. When no host of a destination can
+//! few connections instead of opening one per message. A kept connection that the server
+//! closed meanwhile (lost, or a 421, before the message text was asked for) is replaced
+//! at once and the message sent again over the new one, without counting an attempt. When no host of a destination can
 //! be reached, every message waiting in its lane is deferred with the same error. It uses
 //! the core client session: STARTTLS as `relay_tls` says, PIPELINING, SIZE, 8BITMIME,
 //! SMTPUTF8 and DSN where offered. The scheduler keeps the entries in memory, reads again only those that
