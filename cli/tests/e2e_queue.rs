@@ -772,6 +772,56 @@ fn mx_delivery_in_preference_order_with_a_fallback() {
     );
 }
 
+/// With one delivery thread in all, three destinations are still served: the thread
+/// takes up each waiting lane once its own has run out.
+#[test]
+fn one_thread_in_all_serves_every_destination_in_turn() {
+    // Port 25 (forced for MX delivery) on addresses of this test's own.
+    let hosts = ["127.0.0.6", "127.0.0.7", "127.0.0.8"];
+    let receivers: Vec<Receiver> = hosts
+        .iter()
+        .map(|ip| Receiver::start_on(&format!("{ip}:25")))
+        .collect();
+    let mut records = BTreeMap::new();
+    for (n, ip) in hosts.iter().enumerate() {
+        records.insert(
+            (format!("d{n}.test."), RecordType::A),
+            vec![RData::A(A(ip.parse::<Ipv4Addr>().unwrap()))],
+        );
+    }
+    let port = dns_server(records);
+    let fx = Fixture::new();
+    fx.edit_config(|text| {
+        text.replace(
+            "trusted_networks = []",
+            r#"trusted_networks = ["127.0.0.0/8"]"#,
+        ) + &format!("\n[delivery]\ndns_servers = [\"127.0.0.1:{port}\"]\nrelay_tls = \"none\"\n")
+    });
+    let server = Server::start(
+        Command::new(tern_bin())
+            .env("TERN_QUEUE_RETRY", "1s")
+            .env("TERN_QUEUE_THREADS", "1")
+            .args(["serve", "--config"])
+            .arg(&fx.config),
+        fx.root(),
+        4,
+    );
+    for n in 0..hosts.len() {
+        send(
+            &server,
+            "alice@example.net",
+            &[&format!("user@d{n}.test")],
+            &format!("to-d{n}"),
+        );
+    }
+    for (n, receiver) in receivers.iter().enumerate() {
+        let got = receiver.wait_for(1);
+        assert_eq!(got[0].recipients, [format!("user@d{n}.test")]);
+    }
+    let log = wait_log(&fx, "to=<user@d2.test>, relay=d2.test[127.0.0.8]:25");
+    assert!(!log.contains("status=deferred"), "{log}");
+}
+
 /// (recipient, subject) pairs an LMTP server took.
 type Delivered = Arc<Mutex<Vec<(String, String)>>>;
 

@@ -21,7 +21,7 @@ use tern_core::reply::Mode;
 
 use super::route::{RouteError, Router, Target};
 use super::smtp::{CONNECT_TIMEOUT, Connection, Event, Transport};
-use super::{DESTINATION_CONCURRENCY, Entry, State, bounce, maildrop, unix_now};
+use super::{DESTINATION_CONCURRENCY, Entry, State, TOTAL_CONCURRENCY, bounce, maildrop, unix_now};
 use crate::config::{LmtpTarget, LocalDelivery, RelayTls};
 use crate::service::Services;
 
@@ -50,7 +50,15 @@ const LOCAL_KEY: &str = "[local]";
 /// dropped.
 pub fn start(services: &Arc<Services>) -> io::Result<()> {
     let weak = Arc::downgrade(services);
-    let pool = Arc::new(Pool::default());
+    let limit = std::env::var("TERN_QUEUE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(TOTAL_CONCURRENCY);
+    let pool = Arc::new(Pool {
+        limit,
+        ..Pool::default()
+    });
     thread::Builder::new()
         .name("queue".into())
         .spawn(move || schedule(&weak, &pool))
@@ -59,9 +67,14 @@ pub fn start(services: &Arc<Services>) -> io::Result<()> {
 
 /// The delivery workers: a lane of waiting jobs per destination, each served by up to
 /// [`DESTINATION_CONCURRENCY`] threads that keep their connection open while the lane has
-/// work, and for [`IDLE`] after.
+/// work, and for [`IDLE`] after; at most `limit` threads in all. A lane left without a
+/// thread by that limit is taken up by the next thread whose own lane runs out, so while
+/// every thread is busy or keeping a connection, a new destination waits up to [`IDLE`].
 #[derive(Default)]
 struct Pool {
+    /// The most threads at once, across destinations: [`TOTAL_CONCURRENCY`], or
+    /// `TERN_QUEUE_THREADS` for tests.
+    limit: usize,
     busy: Mutex<Busy>,
     /// Signalled when a lane gets jobs, for the workers waiting on an open connection.
     more: Condvar,
@@ -74,6 +87,8 @@ struct Busy {
     /// How many jobs each message has in `jobs`.
     per_message: HashMap<String, usize>,
     lanes: HashMap<String, Lane>,
+    /// Worker threads running, across lanes.
+    threads: usize,
 }
 
 /// One destination's jobs and workers.
@@ -272,7 +287,8 @@ impl Pool {
     }
 
     /// Puts the due jobs of one destination in its lane, wakes its idle workers and starts
-    /// new ones for what they cannot take, up to [`DESTINATION_CONCURRENCY`].
+    /// new ones for what they cannot take, up to [`DESTINATION_CONCURRENCY`] and the
+    /// pool's limit.
     fn dispatch(self: &Arc<Self>, services: &Arc<Services>, destination: String, jobs: Vec<Job>) {
         let mut busy = self.lock();
         let busy = &mut *busy;
@@ -287,18 +303,22 @@ impl Pool {
             self.more.notify_all();
         }
         let wanted = lane.waiting.len().saturating_sub(lane.idle);
-        let start = wanted.min(DESTINATION_CONCURRENCY.saturating_sub(lane.workers));
+        let start = wanted
+            .min(DESTINATION_CONCURRENCY.saturating_sub(lane.workers))
+            .min(self.limit.saturating_sub(busy.threads));
         lane.workers += start;
-        if lane.workers == 0 {
+        busy.threads += start;
+        if lane.workers == 0 && lane.waiting.is_empty() {
             busy.lanes.remove(&destination);
         }
         for _ in 0..start {
             let (pool, worker_services, lane_key) =
                 (Arc::clone(self), Arc::clone(services), destination.clone());
             let spawned = thread::Builder::new()
-                .name(format!("smtp-{destination}"))
-                .spawn(move || work(&worker_services, &pool, &lane_key));
+                .name("delivery".into())
+                .spawn(move || serve_lanes(&worker_services, &pool, lane_key));
             if let Err(e) = spawned {
+                busy.threads -= 1;
                 if let Some(lane) = busy.lanes.get_mut(&destination) {
                     lane.workers -= 1;
                 }
@@ -311,7 +331,7 @@ impl Pool {
     }
 
     /// The next job of `destination`'s lane, waiting up to `wait` for one. `None` means the
-    /// calling worker is no longer counted and must stop.
+    /// calling worker is no longer counted in the lane and must leave it.
     fn next(&self, destination: &str, wait: Duration) -> Option<Job> {
         let deadline = Instant::now() + wait;
         let mut busy = self.lock();
@@ -340,6 +360,30 @@ impl Pool {
         }
     }
 
+    /// A lane for a worker whose own lane ran out: one with jobs that its idle workers
+    /// cannot take and room for another worker, the one with the fewest workers first. The
+    /// worker is counted in it. `None` means there is none, and the worker is no longer
+    /// counted at all and must stop.
+    fn adopt(&self) -> Option<String> {
+        let mut busy = self.lock();
+        let busy = &mut *busy;
+        let found = busy
+            .lanes
+            .iter_mut()
+            .filter(|(_, lane)| {
+                lane.waiting.len() > lane.idle && lane.workers < DESTINATION_CONCURRENCY
+            })
+            .min_by_key(|(_, lane)| lane.workers)
+            .map(|(destination, lane)| {
+                lane.workers += 1;
+                destination.clone()
+            });
+        if found.is_none() {
+            busy.threads -= 1;
+        }
+        found
+    }
+
     /// Every job still waiting in `destination`'s lane, taken out of it.
     fn drain(&self, destination: &str) -> Vec<Job> {
         let mut busy = self.lock();
@@ -358,6 +402,18 @@ impl Pool {
             if *n == 0 {
                 busy.per_message.remove(&job.id);
             }
+        }
+    }
+}
+
+/// A worker thread: serves `destination`'s lane, then any lane left without enough
+/// workers, until there is none.
+fn serve_lanes(services: &Arc<Services>, pool: &Pool, mut destination: String) {
+    loop {
+        work(services, pool, &destination);
+        match pool.adopt() {
+            Some(next) => destination = next,
+            None => return,
         }
     }
 }

@@ -24,18 +24,20 @@
 //!
 //! [`start`] runs a scheduler thread that picks due recipients, groups them by destination
 //! (the `relay_host`, else the recipient's domain; `delivery.local` for recipients an LMTP
-//! server refused after the data) and puts them in that destination's lane, served by up
-//! to [`DESTINATION_CONCURRENCY`] worker threads. A worker opens one connection (MX hosts
-//! in preference order, then the next address on a connection failure or a refused
-//! greeting) and sends message after message from its lane over it, keeping it open for
-//! two seconds after the lane runs empty, so a steady stream to one destination reuses a
-//! few connections instead of opening one per message. A kept connection that the server
-//! closed meanwhile (lost, or a 421, before the message text was asked for) is replaced
-//! at once and the message sent again over the new one, without counting an attempt. When no host of a destination can
-//! be reached, every message waiting in its lane is deferred with the same error. It uses
-//! the core client session: STARTTLS as `relay_tls` says, PIPELINING, SIZE, 8BITMIME,
-//! SMTPUTF8 and DSN where offered. The scheduler keeps the entries in memory, reads again only those that
-//! changed, and reads the whole directory every minute and on a flush.
+//! server refused after the data) and puts them in that destination's lane, served by up to
+//! [`DESTINATION_CONCURRENCY`] worker threads, [`TOTAL_CONCURRENCY`] across lanes (a thread
+//! whose lane runs out takes up one left without enough). A worker opens one connection (MX
+//! hosts in preference order, then the next address on a connection failure or a refused
+//! greeting) and sends message after message from its lane over it, keeping it open for two
+//! seconds after the lane runs empty, so a steady stream to one destination reuses a few
+//! connections instead of opening one per message. A kept connection that the server closed
+//! meanwhile (lost, or a 421, before the message text was asked for) is replaced at once
+//! and the message sent again over the new one, without counting an attempt. When no host
+//! of a destination can be reached, every message waiting in its lane is deferred with the
+//! same error. It uses the core client session: STARTTLS as `relay_tls` says, PIPELINING,
+//! SIZE, 8BITMIME, SMTPUTF8 and DSN where offered. The scheduler keeps the entries in
+//! memory, reads again only those that changed, and reads the whole directory every minute
+//! and on a flush.
 //!
 //! Retries come after 1, 5, 15 and 30 minutes, then every hour, until `queue_lifetime`
 //! has passed since arrival; then the recipient fails with 4.4.7. The environment variable
@@ -69,9 +71,9 @@
 //!   "lmtp:..."`.
 //! - At shutdown the delivery threads are not waited for: a message in the middle of a
 //!   transfer is sent again after the restart, unless the server's reply was recorded.
-//! - The [`DESTINATION_CONCURRENCY`] limit is per destination, with no cap across
-//!   destinations: a queue holding mail for many unreachable domains at once starts that
-//!   many threads.
+//! - While [`TOTAL_CONCURRENCY`] threads are busy or keeping idle connections, a message
+//!   for a destination without a thread waits for one of them to finish, up to two
+//!   seconds after the traffic ends, rather than preempting an idle connection.
 
 mod bounce;
 mod deliver;
@@ -95,6 +97,11 @@ use crate::maildir::Spool;
 
 /// How many connections tern opens at once to one destination.
 pub const DESTINATION_CONCURRENCY: usize = 4;
+
+/// At most this many delivery threads (so connections) at once, across destinations, as
+/// Postfix's `default_process_limit` caps its smtp processes. The environment variable
+/// `TERN_QUEUE_THREADS` replaces it, for tests.
+pub const TOTAL_CONCURRENCY: usize = 100;
 
 /// How many locks the envelope rewrites are spread over.
 const WRITE_LOCKS: usize = 32;
