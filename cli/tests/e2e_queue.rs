@@ -822,6 +822,116 @@ fn one_thread_in_all_serves_every_destination_in_turn() {
     assert!(!log.contains("status=deferred"), "{log}");
 }
 
+/// `reject_unknown_recipient_domain` asks DNS (through `dns_servers`) as Postfix does: a
+/// domain with MX records or, without them, an address record takes mail; one that does
+/// not exist, has neither, or has only a null MX is refused 550 5.1.2; a resolver that
+/// does not answer gives 450 4.1.2.
+#[test]
+fn unknown_recipient_domains_are_looked_up_by_mx_then_address() {
+    let name = |n: &str| Name::from_ascii(n).unwrap();
+    let mut records = BTreeMap::new();
+    // MX only: the exchange has an address, the domain itself none.
+    records.insert(
+        ("mx-only.test.".to_owned(), RecordType::MX),
+        vec![RData::MX(MX::new(10, name("mail.elsewhere.test.")))],
+    );
+    records.insert(
+        ("a-only.test.".to_owned(), RecordType::A),
+        vec![RData::A(A(Ipv4Addr::new(127, 0, 0, 9)))],
+    );
+    records.insert(
+        ("null-mx.test.".to_owned(), RecordType::MX),
+        vec![RData::MX(MX::new(0, Name::root()))],
+    );
+    // The name exists (it has a record of another type) but has neither MX nor address.
+    records.insert(("bare.test.".to_owned(), RecordType::TXT), Vec::new());
+    let port = dns_server(records);
+
+    let restrictions = r#"restrictions = ["reject_unknown_recipient_domain", "permit"]"#;
+    let fixture = |dns_port: u16| {
+        let fx = Fixture::new();
+        fx.edit_config(|text| {
+            text.replacen(
+                "name = \"smtp\"\n",
+                &format!("name = \"smtp\"\n{restrictions}\n"),
+                1,
+            ) + &format!("\n[delivery]\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n")
+        });
+        fx
+    };
+    let rcpt_replies = |server: &Server, rcpts: &[&str]| -> Vec<String> {
+        let mut c = Client::tcp(&server.addr("smtp"));
+        c.expect_prefix("220 ");
+        c.cmd("EHLO client.test");
+        assert!(c.cmd("MAIL FROM:<alice@example.net>").starts_with("250"));
+        let replies = rcpts
+            .iter()
+            .map(|r| c.cmd(&format!("RCPT TO:<{r}>")))
+            .collect();
+        c.cmd("QUIT");
+        replies
+    };
+
+    let fx = fixture(port);
+    let server = serve(&fx);
+    let replies = rcpt_replies(
+        &server,
+        &[
+            "u@mx-only.test",
+            "u@a-only.test",
+            "u@null-mx.test",
+            "u@bare.test",
+            "u@nowhere.test",
+            "bob@mx.test",
+        ],
+    );
+    let codes: Vec<&str> = replies.iter().map(|r| &r[..9]).collect();
+    assert_eq!(
+        codes,
+        [
+            "250 2.1.5",
+            "250 2.1.5",
+            "550 5.1.2",
+            "550 5.1.2",
+            "550 5.1.2",
+            "250 2.1.5"
+        ],
+        "{replies:#?}"
+    );
+
+    let fx = fixture(failing_dns_server());
+    let server = serve(&fx);
+    let replies = rcpt_replies(&server, &["u@mx-only.test", "u@a-only.test"]);
+    assert!(
+        replies.iter().all(|r| r.starts_with("450 4.1.2")),
+        "{replies:#?}"
+    );
+}
+
+/// A DNS server on loopback (UDP and TCP refused) that answers every question SERVFAIL.
+fn failing_dns_server() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let Ok(query) = DnsMessage::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut answer = DnsMessage::new();
+            answer
+                .set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(query.op_code())
+                .set_recursion_desired(query.recursion_desired())
+                .set_response_code(ResponseCode::ServFail)
+                .add_queries(query.queries().to_vec());
+            let _ = socket.send_to(&answer.to_vec().unwrap(), peer);
+        }
+    });
+    port
+}
+
 /// (recipient, subject) pairs an LMTP server took.
 type Delivered = Arc<Mutex<Vec<(String, String)>>>;
 

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod dovecot;
 pub mod headers;
 pub mod log;

@@ -19,8 +19,6 @@
 //! - A message with a recipient in another domain (one that the restrictions permitted, or
 //!   an alias that points elsewhere) goes into the outbound queue ([`crate::queue`]) before
 //!   the 250; the queue's delivery thread runs once [`crate::queue::start`] is called.
-//! - `reject_unknown_recipient_domain` resolves `domain:25` with the system resolver (A and
-//!   AAAA records); MX records are not consulted yet.
 //! - With `accounts.dovecot_auth`, SCRAM-SHA-256 is not offered: Dovecot's auth socket
 //!   only checks a password (PLAIN), it does not give out SCRAM keys.
 //!
@@ -45,7 +43,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::ServerConfig;
@@ -64,6 +62,7 @@ pub use self::listen::{Bound, Socket};
 pub use self::submit::{Refused, Submission};
 use crate::accounts::{Accounts, expand_mailbox_path};
 use crate::config::{self, Config, ListenerAuth, ListenerTls, LogTarget, Protocol};
+use crate::dns::Dns;
 use crate::log::{MailLog, QueueIds, client_name};
 use crate::maildir::{Maildirs, clean_spool};
 use crate::queue::Queue;
@@ -97,6 +96,8 @@ pub struct Services {
     auth_connections: AtomicU32,
     /// Numbers the sessions, for the names of recordings.
     next_session: AtomicU64,
+    /// The resolver for recipient domain checks, made at the first one.
+    dns: OnceLock<Result<Dns, String>>,
 }
 
 /// A connection that was admitted; dropping it frees its place in the connection limits.
@@ -195,6 +196,7 @@ impl Services {
             queue_ids: QueueIds::new(),
             counts: Mutex::new(Counts::default()),
             next_session: AtomicU64::new(1),
+            dns: OnceLock::new(),
             config,
             accounts,
             log,
@@ -211,6 +213,14 @@ impl Services {
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The resolver of `delivery.dns_servers`, or why it could not be made.
+    pub fn dns(&self) -> Result<&Dns, &str> {
+        self.dns
+            .get_or_init(|| Dns::new(&self.config.delivery))
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     /// The mail log.

@@ -12,13 +12,10 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::{ResolveError, TokioResolver};
-use tokio::runtime::Runtime;
+use hickory_resolver::ResolveError;
 
 use crate::config::DeliveryConfig;
+use crate::dns::{Dns, is_no_data};
 
 /// SMTP's port, the only one MX delivery uses.
 const SMTP_PORT: u16 = 25;
@@ -45,8 +42,8 @@ pub(super) struct RouteError {
 pub(super) enum Router {
     /// Everything goes to the relay host (`host`, port).
     Relay(String, u16),
-    /// MX lookups with this resolver, on this runtime.
-    Dns(Box<TokioResolver>, Runtime),
+    /// MX lookups with this resolver.
+    Dns(Box<Dns>),
 }
 
 impl Router {
@@ -60,26 +57,7 @@ impl Router {
         if let Some((host, port)) = relay {
             return Ok(Router::Relay(host, port));
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the DNS runtime: {e}"))?;
-        let resolver = if config.dns_servers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
-                .build()
-        } else {
-            let mut group = NameServerConfigGroup::new();
-            for server in &config.dns_servers {
-                let addr = parse_server(server)
-                    .ok_or_else(|| format!("dns_servers: {server} is not ip or ip:port"))?;
-                group.push(NameServerConfig::new(addr, Protocol::Udp));
-                group.push(NameServerConfig::new(addr, Protocol::Tcp));
-            }
-            let config = ResolverConfig::from_parts(None, Vec::new(), group);
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build()
-        };
-        Ok(Router::Dns(Box::new(resolver), runtime))
+        Dns::new(config).map(|dns| Router::Dns(Box::new(dns)))
     }
 
     /// Whether every message goes to the relay host.
@@ -91,7 +69,7 @@ impl Router {
     pub fn targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
         let (resolver, runtime) = match self {
             Router::Relay(host, port) => return resolve_relay(host, *port),
-            Router::Dns(resolver, runtime) => (resolver, runtime),
+            Router::Dns(dns) => (&dns.resolver, &dns.runtime),
         };
         if let Some(ip) = address_literal(domain) {
             return Ok(vec![Target {
@@ -117,7 +95,9 @@ impl Router {
                 }
                 order_mx(mx)
             }
-            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => vec![name.clone()],
+            // Only a name without MX records falls back to its address: a failed lookup
+            // (SERVFAIL, a timeout) must not send the mail past the MX hosts.
+            Err(e) if is_no_data(&e) => vec![name.clone()],
             Err(e) => return Err(dns_error(domain, "MX", &e)),
         };
 
@@ -232,13 +212,6 @@ fn address_literal(domain: &str) -> Option<IpAddr> {
     inner.parse().ok()
 }
 
-fn parse_server(text: &str) -> Option<SocketAddr> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, 53));
-    }
-    text.parse().ok()
-}
-
 /// Postfix's wording: a name that does not exist is permanent (5.4.4), anything else is a
 /// temporary failure of the name service (4.4.3).
 fn dns_error(name: &str, kind: &str, e: &ResolveError) -> RouteError {
@@ -304,22 +277,12 @@ mod tests {
     }
 
     #[test]
-    fn literals_and_servers() {
+    fn literals() {
         assert_eq!(
             address_literal("[127.0.0.2]"),
             Some("127.0.0.2".parse().unwrap())
         );
         assert_eq!(address_literal("[IPv6:::1]"), Some("::1".parse().unwrap()));
         assert_eq!(address_literal("example.org"), None);
-        assert_eq!(
-            parse_server("127.0.0.1"),
-            Some("127.0.0.1:53".parse().unwrap())
-        );
-        assert_eq!(
-            parse_server("127.0.0.1:5353"),
-            Some("127.0.0.1:5353".parse().unwrap())
-        );
-        assert_eq!(parse_server("[::1]:53"), Some("[::1]:53".parse().unwrap()));
-        assert_eq!(parse_server("dns.example"), None);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::{self, Write as _};
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -173,7 +173,9 @@ impl ConnectionHandler {
             Output::CheckRecipient(account) => {
                 Some(Answer::Recipient(self.check_account(&account)))
             }
-            Output::CheckDomain(domain) => Some(Answer::Domain(resolve_domain(&domain))),
+            Output::CheckDomain(domain) => {
+                Some(Answer::Domain(resolve_domain(&self.services, &domain)))
+            }
             Output::LookupScram(login) => {
                 let (lookup, nonce) = lookup_scram(&self.services, &login);
                 Some(Answer::Scram(lookup, nonce))
@@ -672,33 +674,14 @@ fn orig_to(rcpt: &str, to: &str) -> String {
     }
 }
 
-/// Looks `domain` up with the system resolver (A and AAAA only; MX is not consulted yet).
-/// getaddrinfo does not say clearly why a lookup failed, so "no such name" is told from a
-/// temporary failure by the error text.
-fn resolve_domain(domain: &str) -> Lookup {
-    match (domain, 25).to_socket_addrs() {
-        Ok(mut addrs) => {
-            if addrs.next().is_some() {
-                Lookup::Found
-            } else {
-                Lookup::NotFound
-            }
-        }
-        Err(e) if is_no_such_name(&e) => Lookup::NotFound,
+/// Looks `domain` up as Postfix's `reject_unknown_recipient_domain` does (MX, else
+/// A/AAAA) through `delivery.dns_servers`; a resolver that cannot be made is a temporary
+/// failure.
+fn resolve_domain(services: &Services, domain: &str) -> Lookup {
+    match services.dns() {
+        Ok(dns) => dns.mail_domain(domain),
         Err(_) => Lookup::TempFail,
     }
-}
-
-fn is_no_such_name(e: &io::Error) -> bool {
-    let text = e.to_string();
-    [
-        "not known",
-        "No address associated",
-        "nodename nor servname",
-        "Name has no usable",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
 }
 
 /// Where the header section ends (the offset of the empty line's CRLF), if it does.
