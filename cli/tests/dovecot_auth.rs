@@ -252,6 +252,14 @@ fn the_auth_listener_answers_postfix() {
         ),
         "{log}"
     );
+    // The wrong SCRAM proofs (dave's wrong password, carol's `nologin`, which gets no
+    // keys) are decided inside the machine, and logged all the same.
+    assert_eq!(
+        log.matches("SASL SCRAM-SHA-256 authentication failed: authentication failure")
+            .count(),
+        2,
+        "{log}"
+    );
     for secret in [
         "right pass",
         "wrong pass",

@@ -160,6 +160,8 @@ impl Run {
                     self.server.handle_auth(self.now, id, verdict);
                 }
                 ServerOutput::LookupScram { .. } => panic!("SCRAM is not offered here"),
+                // For the log only: nothing to answer.
+                ServerOutput::Failed { .. } => {}
                 ServerOutput::Close => {
                     self.out.extend_from_slice(b"[close]");
                     self.closed = true;

@@ -98,6 +98,17 @@ pub enum ServerOutput {
         /// The client's context for the request.
         info: RequestInfo,
     },
+    /// The machine itself failed request `id` (a wrong SCRAM proof, a malformed exchange,
+    /// a request to act as another user): for the log only, no answer is expected.
+    /// A failure the runtime decided through [`Server::handle_auth`] is not reported back.
+    Failed {
+        /// The request.
+        id: RequestId,
+        /// Its mechanism.
+        mechanism: Mechanism,
+        /// The client's context for the request.
+        info: RequestInfo,
+    },
     /// Close the connection after sending what came before.
     Close,
 }
@@ -126,6 +137,7 @@ enum State {
 #[derive(Debug)]
 struct Request {
     info: RequestInfo,
+    mechanism: Mechanism,
     /// The login, once the mechanism has seen it (for `user=` on failures).
     login: Option<String>,
     stage: Stage,
@@ -375,6 +387,7 @@ impl Server {
             id,
             Request {
                 info,
+                mechanism,
                 login: None,
                 stage: Stage::AwaitVerdict,
             },
@@ -432,7 +445,7 @@ impl Server {
                 // tern has no master users: acting as someone else fails like a wrong
                 // password.
                 if !credentials.authzid.is_empty() && credentials.authzid != credentials.login {
-                    self.fail(now, id);
+                    self.fail_here(now, id);
                     return;
                 }
                 request.stage = Stage::AwaitVerdict;
@@ -451,13 +464,13 @@ impl Server {
             }
             Step::Authenticated(done) => {
                 if !done.authzid.is_empty() && done.authzid != done.login {
-                    self.fail(now, id);
+                    self.fail_here(now, id);
                     return;
                 }
                 // Dovecot hands SCRAM's server-final to the client in OK's resp=.
                 self.succeed(id, &done.account, Some(&done.final_message));
             }
-            Step::Failed | Step::Malformed => self.fail(now, id),
+            Step::Failed | Step::Malformed => self.fail_here(now, id),
             Step::Unavailable => self.temp_fail(id),
         }
     }
@@ -473,6 +486,19 @@ impl Server {
             }
             None => self.send_line(&["OK", &id, &user]),
         }
+    }
+
+    /// A failure the machine decided: reported for the log, then failed as usual.
+    fn fail_here(&mut self, now: Instant, id: RequestId) {
+        if let Some(request) = self.requests.get(&id) {
+            let output = ServerOutput::Failed {
+                id,
+                mechanism: request.mechanism,
+                info: request.info.clone(),
+            };
+            self.push(output);
+        }
+        self.fail(now, id);
     }
 
     /// Wrong password, unknown user, or a malformed exchange: `FAIL` after the delay.

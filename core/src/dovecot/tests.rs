@@ -132,6 +132,9 @@ impl ServerHarness {
                     self.server
                         .handle_scram_lookup(self.now, id, lookup, &nonce);
                 }
+                ServerOutput::Failed { mechanism, .. } => {
+                    self.transcript.push_str(&format!("[failed {mechanism:?}]"));
+                }
                 ServerOutput::Close => self.transcript.push_str("[close]"),
             }
         }
@@ -275,10 +278,11 @@ fn scram_over_the_dovecot_protocol() {
         "{unknown}"
     );
     assert!(!unknown.contains("W22ZaJ0SNY7soEsUEjb6gQ"));
+    // The wrong proof of the unknown user is reported for the log before its delayed FAIL.
     assert_eq!(
         lines[4..],
         [
-            "FAIL\t3\tuser=down\tcode=temp_fail\ttemp",
+            "[failed ScramSha256]FAIL\t3\tuser=down\tcode=temp_fail\ttemp",
             "FAIL\t2\tuser=nobody"
         ]
     );
@@ -335,10 +339,12 @@ fn unknown_ids_bad_data_and_escaping() {
              CONT\t1\tVXNlcm5hbWU6\nFAIL\t1\treason=Authentication request timed out\n\
              CONT\t2\tVXNlcm5hbWU6\nFAIL\t2\treason=Invalid base64 data in continued response\n\
              FAIL\t3\treason=Invalid base64 data in initial response\n\
-             CONT\t7\t\n\
+             [failed Plain][failed Plain]CONT\t7\t\n\
              FAIL\t4\tuser=al\x01tice\nFAIL\t5\tuser=alice\nFAIL\t6\n"
         )
     );
+    // Requests 5 (acting as another user) and 6 (no password) were failed by the machine,
+    // and reported; request 4's wrong password was the runtime's verdict, and is not.
     // Escaped parameters arrive unescaped.
     assert_eq!(h.infos[0].service, "sm\ttp");
     assert_eq!(h.infos[0].remote_ip.as_deref(), Some("1\t2"));

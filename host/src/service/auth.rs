@@ -9,8 +9,7 @@
 //! shared functions in `connection.rs`), so both sides offer and accept the same things.
 //!
 //! Known limits: a connection ends only when the client closes it or breaks the protocol;
-//! at shutdown the runtime does not wait for it (it holds no mail). A failed SCRAM proof is
-//! not logged: the machine decides it without asking the runtime.
+//! at shutdown the runtime does not wait for it (it holds no mail).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
@@ -20,10 +19,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tern_core::dovecot::{RequestId, RequestInfo, Server, ServerOutput};
-use tern_core::sasl::{AuthVerdict, Credentials, ScramLookup, ScramNonce};
+use tern_core::sasl::{AuthVerdict, Credentials, Mechanism, ScramLookup, ScramNonce};
 
 use super::connection::{AuthContext, authenticate, lookup_scram};
 use super::{Admission, Services};
+use crate::log::client_name;
 
 /// The log's program name for the auth listener, as Dovecot's auth process is `auth`.
 const LOG_AS: &str = "auth";
@@ -100,6 +100,20 @@ impl AuthHandler {
         lookup_scram(&self.services, login)
     }
 
+    /// Logs a failure the machine decided itself (on [`ServerOutput::Failed`]): a wrong
+    /// SCRAM proof, an unknown SCRAM user, a malformed exchange; in the words of a wrong
+    /// password.
+    pub fn failed(&self, mechanism: Mechanism, info: &RequestInfo) {
+        let client = client_name(parse_ip(info.remote_ip.as_deref()));
+        self.services.log.write(
+            LOG_AS,
+            &format!(
+                "warning: {client}: SASL {mechanism} authentication failed: \
+                 authentication failure"
+            ),
+        );
+    }
+
     /// Logs the end of a connection that broke the protocol (on [`ServerOutput::Close`]).
     pub fn protocol_error(&self) {
         self.services.log.write(
@@ -142,6 +156,9 @@ fn drive<S: AuthStream>(handler: &mut AuthHandler, mut server: Server, mut strea
                 ServerOutput::LookupScram { id, login, .. } => {
                     answer_scram(handler, &mut server, id, &login);
                 }
+                ServerOutput::Failed {
+                    mechanism, info, ..
+                } => handler.failed(mechanism, &info),
                 // The machine closes only on a broken protocol.
                 ServerOutput::Close => {
                     handler.protocol_error();
