@@ -7,12 +7,18 @@
 //! one up. Unknown users get credentials derived from a per-server [`ScramSecret`], so their
 //! exchange looks the same and fails only at the proof, as a wrong password does.
 //!
-//! Known limits: SASLprep (RFC 4013) is not applied to user names or passwords, so non-ASCII
-//! passwords hash as their UTF-8 bytes; the `-PLUS` variants are not offered, and a client
-//! asking for channel binding (`p=`) is refused.
+//! Passwords go through SASLprep (RFC 4013) before their keys are derived, as RFC 5802
+//! asks and clients do on their side, so a password such as `I\u{AD}X` works from either
+//! form; one that SASLprep refuses (control characters, unassigned code points) is used as
+//! its UTF-8 bytes instead, so it stays usable with clients that do not prepare.
+//!
+//! Known limits: user names are not prepared (they are looked up as given, as Dovecot
+//! does); the `-PLUS` variants are not offered, and a client asking for channel binding
+//! (`p=`) is refused.
 //! Unknown users appear to have 4096 iterations and a 16-byte salt: accounts stored with
 //! other parameters can be told apart from unknown ones by their server-first message.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
@@ -68,12 +74,13 @@ impl fmt::Display for ScramFormatError {
 impl std::error::Error for ScramFormatError {}
 
 impl ScramCredentials {
-    /// Derives the stored keys from a password (RFC 5802 section 3). The runtime picks the
-    /// salt (16 random bytes is usual); `iterations` below 1 counts as 1.
+    /// Derives the stored keys from a password (RFC 5802 section 3), SASLprepared. The
+    /// runtime picks the salt (16 random bytes is usual); `iterations` below 1 counts as 1.
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Self {
         let iterations = iterations.max(1);
+        let prepared = stringprep::saslprep(password).unwrap_or(Cow::Borrowed(password));
         let mut salted = [0u8; 32];
-        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
+        pbkdf2::pbkdf2_hmac::<Sha256>(prepared.as_bytes(), salt, iterations, &mut salted);
         let client_key = hmac(&salted, b"Client Key");
         ScramCredentials {
             salt: salt.to_vec(),
@@ -451,6 +458,19 @@ p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         assert_eq!(account, "user");
         assert_eq!(first.login, "user");
         assert_eq!(String::from_utf8(server_final).unwrap(), SERVER_FINAL);
+    }
+
+    #[test]
+    fn passwords_are_saslprepared() {
+        let keys = |password: &str| ScramCredentials::from_password(password, b"salt", 4096);
+        // RFC 4013 section 3's examples: a soft hyphen maps to nothing, ROMAN NUMERAL NINE
+        // is "IX" under NFKC, a non-ASCII space is a space.
+        assert_eq!(keys("I\u{AD}X"), keys("IX"));
+        assert_eq!(keys("\u{2168}"), keys("IX"));
+        assert_eq!(keys("a\u{A0}b"), keys("a b"));
+        assert_ne!(keys("IX"), keys("ix"));
+        // Refused by SASLprep (a control character): used as it is, not as something else.
+        assert_ne!(keys("a\u{7}b"), keys("ab"));
     }
 
     #[test]
