@@ -331,6 +331,24 @@ fn a_connection_closed_while_idle_is_replaced_without_a_deferral() {
     assert_eq!(receiver.connections.load(Ordering::SeqCst), 2);
 }
 
+/// Runs the Python script `check` on the stored message at `path` (its text, for the
+/// failure message); it must print `ok`.
+#[track_caller]
+fn python_check(check: &str, path: &std::path::Path, text: &str) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "python: {}\n{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[track_caller]
 fn wait_log(fx: &Fixture, needle: &str) -> String {
     let deadline = Instant::now() + ARRIVAL;
@@ -437,18 +455,7 @@ original = parts[2].get_payload()[0]
 assert original['Subject'] == 'third', original['Subject']
 print('ok')
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(check)
-        .arg(&path)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success() && out.stdout == b"ok\n",
-        "python: {}\n{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_check(check, &path, &text);
 
     // The queue empties; `tern queue` says so.
     wait_log(&fx, &format!("{perm}: removed"));
@@ -1292,18 +1299,7 @@ for r in rcpts:
     assert (until - arrival).total_seconds() == 3600, (until, arrival)
 print('ok')
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(check)
-        .arg(&path)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success() && out.stdout == b"ok\n",
-        "python: {}\n{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_check(check, &path, &text);
     let log = wait_log(&fx, &format!("{id}: sender delay notification: "));
     assert_eq!(log.matches("sender delay notification").count(), 1, "{log}");
 

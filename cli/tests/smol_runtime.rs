@@ -118,35 +118,15 @@ fn text_held_back_between_pauses_is_stored_whole_and_a_message_cut_off_is_not() 
     let first: String = (0..100).map(line).collect();
     let second: String = (100..2000).map(line).collect();
     let mut server = Server::start("smol", "");
-    let open = |server: &Server| {
-        let mut stream = TcpStream::connect(server.address("smtp")).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        assert_eq!(
-            read_reply(&mut stream),
-            "220 mail.example.net ESMTP tern\r\n"
-        );
-        for (command, reply) in [
-            ("HELO client.example\r\n", "250 mail.example.net\r\n"),
-            ("MAIL FROM:<alice@example.org>\r\n", "250 2.1.0 Ok\r\n"),
-            ("RCPT TO:<bob@example.net>\r\n", "250 2.1.5 Ok\r\n"),
-            ("DATA\r\n", "354 End data with <CR><LF>.<CR><LF>\r\n"),
-        ] {
-            stream.write_all(command.as_bytes()).unwrap();
-            assert_eq!(read_reply(&mut stream), reply);
-        }
-        stream
-    };
 
     // Cut off in the middle of its text: nothing of it may be delivered.
-    let mut dropped = open(&server);
+    let mut dropped = open_in_data(&server);
     dropped.write_all(b"Subject: dropped\r\n\r\n").unwrap();
     dropped.write_all(first.as_bytes()).unwrap();
     thread::sleep(Duration::from_millis(200));
     drop(dropped);
 
-    let mut stream = open(&server);
+    let mut stream = open_in_data(&server);
     stream.write_all(b"Subject: pieces\r\n\r\n").unwrap();
     stream.write_all(first.as_bytes()).unwrap();
     stream.write_all(b"split\r").unwrap();
@@ -319,19 +299,7 @@ fn an_idle_client_times_out_and_activity_rearms_the_timer() {
 #[test]
 fn sigterm_lets_a_message_in_data_finish_and_exits_0() {
     let mut server = Server::start("smol", "");
-    let mut busy = TcpStream::connect(server.address("smtp")).unwrap();
-    busy.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert_eq!(read_reply(&mut busy), "220 mail.example.net ESMTP tern\r\n");
-    for (command, reply) in [
-        ("HELO client.example\r\n", "250 mail.example.net\r\n"),
-        ("MAIL FROM:<alice@example.org>\r\n", "250 2.1.0 Ok\r\n"),
-        ("RCPT TO:<bob@example.net>\r\n", "250 2.1.5 Ok\r\n"),
-        ("DATA\r\n", "354 End data with <CR><LF>.<CR><LF>\r\n"),
-    ] {
-        busy.write_all(command.as_bytes()).unwrap();
-        assert_eq!(read_reply(&mut busy), reply);
-    }
+    let mut busy = open_in_data(&server);
     busy.write_all(b"Subject: late\r\n\r\nfirst half\r\n")
         .unwrap();
 
@@ -616,6 +584,28 @@ path = "{root}/lmtp.sock"
 
 /// One whole reply, continuation lines included, read a byte at a time so that nothing of
 /// the next reply is taken.
+/// A connection to the smtp listener, past HELO, MAIL, RCPT and DATA's 354.
+fn open_in_data(server: &Server) -> TcpStream {
+    let mut stream = TcpStream::connect(server.address("smtp")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        read_reply(&mut stream),
+        "220 mail.example.net ESMTP tern\r\n"
+    );
+    for (command, reply) in [
+        ("HELO client.example\r\n", "250 mail.example.net\r\n"),
+        ("MAIL FROM:<alice@example.org>\r\n", "250 2.1.0 Ok\r\n"),
+        ("RCPT TO:<bob@example.net>\r\n", "250 2.1.5 Ok\r\n"),
+        ("DATA\r\n", "354 End data with <CR><LF>.<CR><LF>\r\n"),
+    ] {
+        stream.write_all(command.as_bytes()).unwrap();
+        assert_eq!(read_reply(&mut stream), reply);
+    }
+    stream
+}
+
 fn read_reply(stream: &mut impl Read) -> String {
     let mut reply = Vec::new();
     let mut line_start = 0;
