@@ -663,14 +663,40 @@ fn tern(fx: &Fixture, args: &[&str], input: &[u8]) -> String {
 /// A DNS server on loopback (UDP) that knows a few test names: MX records whose hosts are
 /// 127.0.0.x addresses, a domain without MX, and names that do not exist.
 fn dns_server(records: BTreeMap<(String, RecordType), Vec<RData>>) -> u16 {
+    dns_server_answering(move |query, answer| {
+        answer.set_recursion_available(true).set_authoritative(true);
+        for q in query.queries() {
+            answer.add_query(q.clone());
+            let name = q.name().to_ascii().to_ascii_lowercase();
+            let known = records.keys().any(|(n, _)| *n == name);
+            if !known {
+                answer.set_response_code(ResponseCode::NXDomain);
+                continue;
+            }
+            for rdata in records.get(&(name, q.query_type())).into_iter().flatten() {
+                answer.add_answer(Record::from_rdata(q.name().clone(), 60, rdata.clone()));
+            }
+        }
+    })
+}
+
+/// A DNS server on loopback (UDP; TCP is refused) that answers every question SERVFAIL.
+fn failing_dns_server() -> u16 {
+    dns_server_answering(|query, answer| {
+        answer
+            .set_response_code(ResponseCode::ServFail)
+            .add_queries(query.queries().to_vec());
+    })
+}
+
+/// A UDP DNS server on loopback whose answers `fill` completes (the header's id, type and
+/// flags are copied from the query first); returns its port.
+fn dns_server_answering(fill: impl Fn(&DnsMessage, &mut DnsMessage) + Send + 'static) -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = socket.local_addr().unwrap().port();
     thread::spawn(move || {
         let mut buf = [0u8; 1500];
-        loop {
-            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
-                return;
-            };
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
             let Ok(query) = DnsMessage::from_vec(&buf[..n]) else {
                 continue;
             };
@@ -679,21 +705,8 @@ fn dns_server(records: BTreeMap<(String, RecordType), Vec<RData>>) -> u16 {
                 .set_id(query.id())
                 .set_message_type(MessageType::Response)
                 .set_op_code(query.op_code())
-                .set_recursion_desired(query.recursion_desired())
-                .set_recursion_available(true)
-                .set_authoritative(true);
-            for q in query.queries() {
-                answer.add_query(q.clone());
-                let name = q.name().to_ascii().to_ascii_lowercase();
-                let known = records.keys().any(|(n, _)| *n == name);
-                if !known {
-                    answer.set_response_code(ResponseCode::NXDomain);
-                    continue;
-                }
-                for rdata in records.get(&(name, q.query_type())).into_iter().flatten() {
-                    answer.add_answer(Record::from_rdata(q.name().clone(), 60, rdata.clone()));
-                }
-            }
+                .set_recursion_desired(query.recursion_desired());
+            fill(&query, &mut answer);
             let _ = socket.send_to(&answer.to_vec().unwrap(), peer);
         }
     });
@@ -913,30 +926,6 @@ fn unknown_recipient_domains_are_looked_up_by_mx_then_address() {
         replies.iter().all(|r| r.starts_with("450 4.1.2")),
         "{replies:#?}"
     );
-}
-
-/// A DNS server on loopback (UDP and TCP refused) that answers every question SERVFAIL.
-fn failing_dns_server() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = socket.local_addr().unwrap().port();
-    thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
-            let Ok(query) = DnsMessage::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut answer = DnsMessage::new();
-            answer
-                .set_id(query.id())
-                .set_message_type(MessageType::Response)
-                .set_op_code(query.op_code())
-                .set_recursion_desired(query.recursion_desired())
-                .set_response_code(ResponseCode::ServFail)
-                .add_queries(query.queries().to_vec());
-            let _ = socket.send_to(&answer.to_vec().unwrap(), peer);
-        }
-    });
-    port
 }
 
 /// (recipient, subject) pairs an LMTP server took.
