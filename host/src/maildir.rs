@@ -118,7 +118,14 @@ impl Spool {
     /// copying it. The directory of `to` is not fsynced here. A spool linked this way is
     /// never emptied for reuse: when it is dropped only its own name is removed.
     pub fn link_durably(&mut self, to: &Path) -> io::Result<()> {
+        self.link_durably_with(&[], to)
+    }
+
+    /// [`Spool::link_durably`], with `trailer` written after the text as it is (no line
+    /// end conversion). [`Spool::len`] does not count it.
+    pub fn link_durably_with(&mut self, trailer: &[u8], to: &Path) -> io::Result<()> {
         self.finish()
+            .and_then(|()| self.file.write_all(trailer))
             .and_then(|()| self.file.sync_all())
             .map_err(|e| with_path(e, "cannot write spool file", &self.path))?;
         // Set before linking: a file that may have a second name is never emptied.

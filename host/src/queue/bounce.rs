@@ -11,7 +11,6 @@
 //!
 //! Known limit: the returned message is read into memory to build the notification.
 
-use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,7 +69,9 @@ pub(super) fn notify(
         _ if failed => Returned::Full,
         _ => Returned::Headers,
     };
-    let original = fs::read(services.queue().message_path(&entry.id))
+    let original = services
+        .queue()
+        .read_text(&entry.id)
         .map_err(|e| format!("cannot read the queued message: {e}"))?;
     let mut text = entry.received.as_bytes().to_vec();
     text.extend_from_slice(&original);

@@ -3,7 +3,6 @@
 //! notifications (see the module documentation of [`super`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::File;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
@@ -658,8 +657,9 @@ fn send_job(
         match conn.next_event() {
             Event::MessageText => {
                 text_sent = true;
-                let sent = File::open(queue.message_path(&entry.id))
-                    .and_then(|mut file| conn.send_text(entry.received.as_bytes(), &mut file));
+                let sent = queue
+                    .open_text(&entry.id)
+                    .and_then(|mut text| conn.send_text(entry.received.as_bytes(), &mut text));
                 if let Err(e) = sent {
                     services.log().write(
                         "smtp",

@@ -1,5 +1,6 @@
-//! The envelope file of a queued message: `<id>.env`, TOML, rewritten whole (to a
-//! temporary name, fsynced, renamed) whenever a recipient's state changes.
+//! The envelope of a queued message: `<id>.env`, TOML, rewritten whole (to a temporary
+//! name, fsynced, renamed) whenever a recipient's state changes; until the first change of
+//! a message queued in one step, the same TOML at the end of its `<id>.qf`.
 
 use serde::{Deserialize, Serialize};
 use tern_core::command::Notify;
@@ -7,7 +8,8 @@ use tern_core::command::Notify;
 /// Everything tern knows about a queued message besides its text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The queue id; the files are `<id>.msg` and `<id>.env`.
+    /// The queue id; the files are `<id>.msg` and `<id>.env`, or `<id>.qf` (and, once
+    /// changed, `<id>.env`).
     pub id: String,
     /// MAIL FROM; empty for the null sender.
     pub sender: String,

@@ -97,6 +97,82 @@ fn update_is_durable_and_a_finished_entry_is_removed() {
     assert_eq!(reopened.take_touched(), ["F6"]);
 }
 
+/// The file names in `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_message_queued_in_one_step_is_one_file_until_its_state_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue_dir = dir.path().join("queue");
+    let queue = Queue::open(&queue_dir).unwrap();
+    let mut spool = Spool::create(&dir.path().join("spool")).unwrap();
+    spool.write(b"Subject: x\r\n\r\nbody\r\n").unwrap();
+    let mut first = entry("G7");
+    first.received = "Received: by test\n".into();
+    queue.enqueue(&first, &mut spool).unwrap();
+    drop(spool);
+
+    assert_eq!(names(&queue_dir), ["G7.qf"]);
+    assert_eq!(queue.load("G7").unwrap(), first);
+    assert_eq!(queue.entries().unwrap(), (vec![first.clone()], Vec::new()));
+    assert_eq!(queue.read_text("G7").unwrap(), b"Subject: x\n\nbody\n");
+    assert_eq!(queue.take_touched(), ["G7"]);
+
+    // A change of state writes the envelope beside it, which takes over.
+    queue
+        .update("G7", |e| e.recipients[0].attempts = 3)
+        .unwrap();
+    assert_eq!(names(&queue_dir), ["G7.env", "G7.qf"]);
+    let reopened = Queue::open(&queue_dir).unwrap();
+    let (entries, errors) = reopened.entries().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].recipients[0].attempts, 3);
+    assert_eq!(reopened.load("G7").unwrap().recipients[0].attempts, 3);
+    assert_eq!(reopened.read_text("G7").unwrap(), b"Subject: x\n\nbody\n");
+
+    reopened
+        .update("G7", |e| e.recipients[0].state = State::Done)
+        .unwrap();
+    assert!(names(&queue_dir).is_empty());
+}
+
+#[test]
+fn an_envelope_left_without_text_by_an_interrupted_removal_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let mut spool = Spool::create(&dir.path().join("spool")).unwrap();
+    spool.write(b"t\r\n").unwrap();
+    queue.enqueue(&entry("H8"), &mut spool).unwrap();
+    queue
+        .update("H8", |e| e.recipients[0].attempts = 1)
+        .unwrap();
+    // Removal takes the `.qf` first; a crash before the `.env` follows leaves it alone.
+    fs::remove_file(dir.path().join("H8.qf")).unwrap();
+    let reopened = Queue::open(dir.path()).unwrap();
+    assert_eq!(names(dir.path()), ["spool"]);
+    assert!(reopened.entries().unwrap().0.is_empty());
+}
+
+#[test]
+fn a_queue_file_without_its_footer_is_reported_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    fs::write(dir.path().join("J9.qf"), b"just text\n").unwrap();
+    let (entries, errors) = queue.entries().unwrap();
+    assert!(entries.is_empty());
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("J9.qf"), "{errors:?}");
+    assert!(queue.load("J9").is_err());
+}
+
 #[test]
 fn retry_schedule_grows_and_repeats_its_last_step() {
     let default = retry_schedule(None);

@@ -366,19 +366,20 @@ impl ConnectionHandler {
             queue_id: id.clone(),
             recipient: None,
         };
+        let has_local = destinations
+            .iter()
+            .any(|(_, d)| matches!(d, Destination::Local { .. }));
         // Remote recipients are queued first and committed only once the local copies are
-        // in place, so the one reply holds for all.
-        let queued = match super::submit::queue_remote(&services, envelope, &info, size, &mut spool)
-        {
+        // in place, so the one reply holds for all; without local copies, in one step.
+        let queued = match super::submit::queue_remote(
+            &services, envelope, &info, size, &mut spool, !has_local,
+        ) {
             Ok(queued) => queued,
             Err(e) => {
                 defer(&format!("cannot queue: {e}"), "4.3.0");
                 return all(RcptOutcome::TempFailure);
             }
         };
-        let has_local = destinations
-            .iter()
-            .any(|(_, d)| matches!(d, Destination::Local { .. }));
         if let LocalDelivery::Lmtp(target) = &services.config.delivery.local
             && has_local
         {

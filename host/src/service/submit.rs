@@ -277,12 +277,16 @@ impl Services {
 
 /// Writes the remote recipients of a received message into the queue, not yet committed:
 /// `None` when it has none. `wire_size` is the size of the text as received (CRLF).
+///
+/// With `alone` (no local copies of this message follow), the message is queued in one
+/// step ([`crate::queue::Queue::enqueue`]) and nothing is left pending.
 pub(super) fn queue_remote<'q>(
     services: &'q Services,
     envelope: &Envelope,
     info: &ReceivedInfo,
     wire_size: u64,
     spool: &mut Spool,
+    alone: bool,
 ) -> io::Result<Option<Pending<'q>>> {
     let destinations = super::connection::destinations(envelope);
     let recipients = remote_recipients(&destinations, |rcpt| {
@@ -318,6 +322,9 @@ pub(super) fn queue_remote<'q>(
         kind: Kind::Message,
         recipients,
     };
+    if alone {
+        return services.queue.enqueue(&entry, spool).map(|()| None);
+    }
     services.queue.prepare(&entry, Text::Spool(spool)).map(Some)
 }
 

@@ -356,7 +356,7 @@ fn mail_for_another_domain_is_queued_with_the_local_copies() {
         "{}",
         entry.received
     );
-    let text = fs::read(services.queue().message_path(&entry.id)).unwrap();
+    let text = services.queue().read_text(&entry.id).unwrap();
     assert_eq!(text, b"Subject: x\n\nbody\n");
 }
 
