@@ -1,6 +1,7 @@
 //! The DNS resolver of `delivery.dns_servers` (or `/etc/resolv.conf` when the list is
 //! empty): hickory-resolver on a single-threaded tokio runtime of its own, so the blocking
-//! callers (delivery threads, recipient checks) wait for an answer with `block_on`.
+//! callers (delivery threads, recipient checks) wait for an answer with `block_on`. One
+//! per process ([`crate::service::Services::dns`]), so its cache serves every caller.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -19,8 +20,19 @@ use crate::config::DeliveryConfig;
 /// A resolver and the runtime it runs on. The runtime may be entered from several threads
 /// at once: the first drives the network, the others wait their turn.
 pub struct Dns {
-    pub(crate) resolver: TokioResolver,
-    pub(crate) runtime: Runtime,
+    resolver: TokioResolver,
+    runtime: Runtime,
+}
+
+/// What a domain's MX records say (RFC 5321 section 5.1, RFC 7505).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mx {
+    /// The mail hosts with their preferences, as the DNS gave them.
+    Hosts(Vec<(u16, String)>),
+    /// A lone MX of ".": the domain takes no mail.
+    Null,
+    /// The name exists without MX records: its own address is the mail host.
+    NoRecords,
 }
 
 impl Dns {
@@ -48,40 +60,56 @@ impl Dns {
         Ok(Dns { resolver, runtime })
     }
 
-    /// Whether `domain` can take mail as far as DNS tells, as Postfix's
-    /// `reject_unknown_recipient_domain` asks: it has MX records (other than a lone null
-    /// MX, RFC 7505, which says it takes none), or else an address record. A name that
-    /// does not exist, or exists without either, is `NotFound`; a failure of the lookup
-    /// itself is `TempFail`.
-    pub fn mail_domain(&self, domain: &str) -> Lookup {
-        let name = format!("{}.", domain.trim_end_matches('.'));
-        match self
-            .runtime
-            .block_on(self.resolver.mx_lookup(name.as_str()))
-        {
+    /// The MX records of `domain`. A name that does not exist, and a failed lookup, are
+    /// errors (told apart by [`ResolveError::is_nx_domain`]).
+    pub fn mx(&self, domain: &str) -> Result<Mx, ResolveError> {
+        match self.runtime.block_on(self.resolver.mx_lookup(fqdn(domain))) {
             Ok(lookup) => {
-                let exchanges: Vec<String> =
-                    lookup.iter().map(|mx| mx.exchange().to_ascii()).collect();
-                if exchanges.len() == 1 && exchanges[0] == "." {
-                    Lookup::NotFound
+                let mx: Vec<(u16, String)> = lookup
+                    .iter()
+                    .map(|mx| (mx.preference(), mx.exchange().to_ascii()))
+                    .collect();
+                if mx.len() == 1 && mx[0].1 == "." {
+                    Ok(Mx::Null)
                 } else {
-                    Lookup::Found
+                    Ok(Mx::Hosts(mx))
                 }
             }
-            Err(e) if e.is_nx_domain() => Lookup::NotFound,
-            Err(e) if is_no_data(&e) => {
-                match self
-                    .runtime
-                    .block_on(self.resolver.lookup_ip(name.as_str()))
-                {
-                    Ok(_) => Lookup::Found,
-                    Err(e) if is_no_data(&e) || e.is_nx_domain() => Lookup::NotFound,
-                    Err(_) => Lookup::TempFail,
-                }
-            }
+            Err(e) if is_no_data(&e) => Ok(Mx::NoRecords),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The A and AAAA addresses of `host`.
+    pub fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        self.runtime
+            .block_on(self.resolver.lookup_ip(fqdn(host)))
+            .map(|lookup| lookup.iter().collect())
+    }
+
+    /// Whether `domain` can take mail as far as DNS tells, as Postfix's
+    /// `reject_unknown_recipient_domain` asks: it has MX records (other than a null MX),
+    /// or else an address record. A name that does not exist, or exists without either,
+    /// is `NotFound`; a failure of the lookup itself is `TempFail`.
+    pub fn mail_domain(&self, domain: &str) -> Lookup {
+        let unknown = |e: &ResolveError| e.is_nx_domain() || is_no_data(e);
+        match self.mx(domain) {
+            Ok(Mx::Hosts(_)) => Lookup::Found,
+            Ok(Mx::Null) => Lookup::NotFound,
+            Ok(Mx::NoRecords) => match self.addresses(domain) {
+                Ok(_) => Lookup::Found,
+                Err(e) if unknown(&e) => Lookup::NotFound,
+                Err(_) => Lookup::TempFail,
+            },
+            Err(e) if unknown(&e) => Lookup::NotFound,
             Err(_) => Lookup::TempFail,
         }
     }
+}
+
+/// `name` as a fully qualified name, so that no search domain is tried.
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
 }
 
 /// Whether `e` says that the name exists without records of the type asked: NOERROR with

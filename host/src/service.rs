@@ -96,7 +96,7 @@ pub struct Services {
     auth_connections: AtomicU32,
     /// Numbers the sessions, for the names of recordings.
     next_session: AtomicU64,
-    /// The resolver for recipient domain checks, made at the first one.
+    /// The resolver for recipient domain checks and MX delivery, made at its first use.
     dns: OnceLock<Result<Dns, String>>,
 }
 

@@ -420,7 +420,7 @@ fn serve_lanes(services: &Arc<Services>, pool: &Pool, mut destination: String) {
 /// A worker: takes jobs from `destination`'s lane and sends them over one connection,
 /// opening another when it is lost, until the lane has stayed empty for [`IDLE`].
 fn work(services: &Arc<Services>, pool: &Pool, destination: &str) {
-    let mut connector = Connector::new(services, destination);
+    let connector = Connector::new(services, destination);
     let mut job = pool.next(destination, Duration::ZERO);
     while let Some(first) = job {
         let (mut conn, via) = match connector.connect(services) {
@@ -430,12 +430,13 @@ fn work(services: &Arc<Services>, pool: &Pool, destination: &str) {
                 // behind this one.
                 let mut jobs = vec![first];
                 jobs.extend(pool.drain(destination));
-                let Failure {
-                    permanent,
-                    status,
-                    text,
-                } = failure;
-                fail_all(services, &jobs, permanent, status, &text);
+                fail_all(
+                    services,
+                    &jobs,
+                    failure.permanent,
+                    failure.status,
+                    &failure.text,
+                );
                 for job in &jobs {
                     pool.done(destination, job);
                 }
@@ -470,18 +471,12 @@ fn work(services: &Arc<Services>, pool: &Pool, destination: &str) {
     }
 }
 
-/// Why a worker could not get a connection ready for mail.
-struct Failure {
-    permanent: bool,
-    status: &'static str,
-    text: String,
-}
-
-/// What a worker needs to connect to its destination, made once per worker: the MX
-/// resolver and the client and TLS configurations.
+/// What a worker needs to connect to its destination, made once per worker: the router
+/// and the client and TLS configurations. Why no connection could be made is a
+/// [`RouteError`], like why no address could be found.
 struct Connector {
     destination: String,
-    router: Option<Result<Router, String>>,
+    router: Router,
     config: Arc<ClientConfig>,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -492,7 +487,7 @@ impl Connector {
         let local = destination == LOCAL_KEY;
         Connector {
             destination: destination.to_owned(),
-            router: None,
+            router: Router::new(&services.config().delivery),
             config: Arc::new(if local {
                 ClientConfig::new(&services.config().hostname, Mode::Lmtp)
             } else {
@@ -504,29 +499,11 @@ impl Connector {
 
     /// A connection past its greeting (and EHLO, STARTTLS), ready for a message: the LMTP
     /// server of `delivery.local`, or the destination's hosts in order.
-    fn connect(&mut self, services: &Services) -> Result<(Connection, Via), Failure> {
+    fn connect(&self, services: &Services) -> Result<(Connection, Via), RouteError> {
         if self.destination == LOCAL_KEY {
             return self.connect_local(services);
         }
-        let router = self
-            .router
-            .get_or_insert_with(|| Router::new(&services.config().delivery));
-        let router = router.as_ref().map_err(|text| Failure {
-            permanent: false,
-            status: "4.3.0",
-            text: text.clone(),
-        })?;
-        let targets = router.targets(&self.destination).map_err(
-            |RouteError {
-                 permanent,
-                 status,
-                 text,
-             }| Failure {
-                permanent,
-                status,
-                text,
-            },
-        )?;
+        let targets = self.router.targets(|| services.dns(), &self.destination)?;
         let mut last_error = String::from("no mail host to try");
         for target in targets {
             let relay = relay_name(&target);
@@ -548,23 +525,23 @@ impl Connector {
                 Err(text) => last_error = text,
             }
         }
-        Err(Failure {
+        Err(RouteError {
             permanent: false,
             status: "4.4.1",
             text: last_error,
         })
     }
 
-    fn connect_local(&self, services: &Services) -> Result<(Connection, Via), Failure> {
+    fn connect_local(&self, services: &Services) -> Result<(Connection, Via), RouteError> {
         let LocalDelivery::Lmtp(target) = &services.config().delivery.local else {
-            return Err(Failure {
+            return Err(RouteError {
                 permanent: false,
                 status: "4.3.5",
                 text: "delivery.local is maildir, but these recipients wait for an LMTP server"
                     .into(),
             });
         };
-        let (transport, relay) = connect_local(target).map_err(|text| Failure {
+        let (transport, relay) = connect_local(target).map_err(|text| RouteError {
             permanent: false,
             status: "4.4.1",
             text,
@@ -575,7 +552,7 @@ impl Connector {
             relay,
             host,
         };
-        self.greet(transport, via).map_err(|text| Failure {
+        self.greet(transport, via).map_err(|text| RouteError {
             permanent: false,
             status: "4.4.2",
             text,

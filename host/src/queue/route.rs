@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use hickory_resolver::ResolveError;
 
 use crate::config::DeliveryConfig;
-use crate::dns::{Dns, is_no_data};
+use crate::dns::{Dns, Mx};
 
 /// SMTP's port, the only one MX delivery uses.
 const SMTP_PORT: u16 = 25;
@@ -38,26 +38,24 @@ pub(super) struct RouteError {
     pub text: String,
 }
 
-/// Finds the addresses of destinations; one per worker thread.
+/// Finds the addresses of destinations.
 pub(super) enum Router {
     /// Everything goes to the relay host (`host`, port).
     Relay(String, u16),
-    /// MX lookups with this resolver.
-    Dns(Box<Dns>),
+    /// Each domain to its MX hosts.
+    Mx,
 }
 
 impl Router {
     /// A router for the `[delivery]` configuration.
-    pub fn new(config: &DeliveryConfig) -> Result<Router, String> {
-        let relay = config
-            .relay_host
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .map(parse_relay);
-        if let Some((host, port)) = relay {
-            return Ok(Router::Relay(host, port));
+    pub fn new(config: &DeliveryConfig) -> Router {
+        match config.relay_host.as_deref().filter(|h| !h.is_empty()) {
+            Some(relay) => {
+                let (host, port) = parse_relay(relay);
+                Router::Relay(host, port)
+            }
+            None => Router::Mx,
         }
-        Dns::new(config).map(|dns| Router::Dns(Box::new(dns)))
     }
 
     /// Whether every message goes to the relay host.
@@ -65,12 +63,16 @@ impl Router {
         relay_host.is_some_and(|h| !h.is_empty())
     }
 
-    /// The addresses to try for `domain` (ignored with a relay host), best first.
-    pub fn targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
-        let (resolver, runtime) = match self {
-            Router::Relay(host, port) => return resolve_relay(host, *port),
-            Router::Dns(dns) => (&dns.resolver, &dns.runtime),
-        };
+    /// The addresses to try for `domain` (ignored with a relay host), best first. `dns`
+    /// gives the resolver, asked for only when MX records are to be looked up.
+    pub fn targets<'d>(
+        &self,
+        dns: impl FnOnce() -> Result<&'d Dns, &'d str>,
+        domain: &str,
+    ) -> Result<Vec<Target>, RouteError> {
+        if let Router::Relay(host, port) = self {
+            return resolve_relay(host, *port);
+        }
         if let Some(ip) = address_literal(domain) {
             return Ok(vec![Target {
                 host: ip.to_string(),
@@ -78,34 +80,31 @@ impl Router {
             }]);
         }
 
-        let name = format!("{}.", domain.trim_end_matches('.'));
-        let hosts = match runtime.block_on(resolver.mx_lookup(name.as_str())) {
-            Ok(lookup) => {
-                let mx: Vec<(u16, String)> = lookup
-                    .iter()
-                    .map(|mx| (mx.preference(), mx.exchange().to_ascii()))
-                    .collect();
-                // RFC 7505: a single MX of "." says the domain takes no mail.
-                if mx.len() == 1 && mx[0].1 == "." {
-                    return Err(RouteError {
-                        permanent: true,
-                        status: "5.1.10",
-                        text: format!("domain {domain} does not accept mail (null MX)"),
-                    });
-                }
-                order_mx(mx)
+        let dns = dns().map_err(|text| RouteError {
+            permanent: false,
+            status: "4.3.0",
+            text: text.to_owned(),
+        })?;
+        // Only a name without MX records falls back to its address: a failed lookup
+        // (SERVFAIL, a timeout) must not send the mail past the MX hosts.
+        let hosts = match dns.mx(domain) {
+            Ok(Mx::Hosts(mx)) => order_mx(mx),
+            Ok(Mx::NoRecords) => vec![domain.to_owned()],
+            Ok(Mx::Null) => {
+                return Err(RouteError {
+                    permanent: true,
+                    status: "5.1.10",
+                    text: format!("domain {domain} does not accept mail (null MX)"),
+                });
             }
-            // Only a name without MX records falls back to its address: a failed lookup
-            // (SERVFAIL, a timeout) must not send the mail past the MX hosts.
-            Err(e) if is_no_data(&e) => vec![name.clone()],
             Err(e) => return Err(dns_error(domain, "MX", &e)),
         };
 
         let mut targets = Vec::new();
         let mut last_error = None;
         for host in hosts {
-            match runtime.block_on(resolver.lookup_ip(host.as_str())) {
-                Ok(lookup) => targets.extend(lookup.iter().map(|ip| Target {
+            match dns.addresses(&host) {
+                Ok(addresses) => targets.extend(addresses.into_iter().map(|ip| Target {
                     host: host.trim_end_matches('.').to_owned(),
                     addr: SocketAddr::new(ip, SMTP_PORT),
                 })),
