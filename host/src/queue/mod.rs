@@ -91,7 +91,7 @@ mod route;
 mod smtp;
 mod tls;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -410,27 +410,26 @@ impl Queue {
     /// Removes what a crash left of a message that was never queued, or of one being
     /// removed: a `.env.tmp`, a `.msg` without `.env`, an `.env` without text.
     fn clean(&self) -> io::Result<()> {
-        let mut envelopes = Vec::new();
+        let mut envelopes = HashMap::new();
+        let mut messages = HashMap::new();
         let mut texts = HashSet::new();
-        let mut messages = Vec::new();
         for dirent in fs::read_dir(&self.dir).map_err(|e| annotate(e, "cannot read", &self.dir))? {
             let path = dirent?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             let Some(name) = name else { continue };
             if let Some(id) = name.strip_suffix(".env") {
-                envelopes.push((id.to_owned(), path));
+                envelopes.insert(id.to_owned(), path);
             } else if let Some(id) = name.strip_suffix(".msg") {
                 texts.insert(id.to_owned());
-                messages.push((id.to_owned(), path));
+                messages.insert(id.to_owned(), path);
             } else if let Some(id) = name.strip_suffix(".qf") {
                 texts.insert(id.to_owned());
             } else if name.ends_with(".env.tmp") {
                 remove_if_present(&path)?;
             }
         }
-        let with_envelope: HashSet<&String> = envelopes.iter().map(|(id, _)| id).collect();
         for (id, path) in &messages {
-            if !with_envelope.contains(id) {
+            if !envelopes.contains_key(id) {
                 remove_if_present(path)?;
             }
         }
@@ -496,8 +495,13 @@ fn retry_schedule(text: Option<&str>) -> Vec<Duration> {
 }
 
 fn read_entry(path: &Path) -> io::Result<Entry> {
-    let text = fs::read_to_string(path)?;
-    toml::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    parse_entry(&fs::read(path)?)
+}
+
+fn parse_entry(toml: &[u8]) -> io::Result<Entry> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    let text = std::str::from_utf8(toml).map_err(|e| invalid(e.to_string()))?;
+    toml::from_str(text).map_err(|e| invalid(e.to_string()))
 }
 
 /// The start of a `.qf`'s footer line, which ends with the envelope's length in 16 hex
@@ -514,9 +518,7 @@ fn read_whole(path: &Path) -> io::Result<Entry> {
     file.seek(SeekFrom::Start(text_len))?;
     let mut envelope = vec![0; envelope_len as usize];
     file.read_exact(&mut envelope)?;
-    let envelope = String::from_utf8(envelope)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    toml::from_str(&envelope).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    parse_entry(&envelope)
 }
 
 /// A `.qf`'s text length and envelope length, from its footer.
