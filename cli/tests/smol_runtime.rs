@@ -29,10 +29,7 @@ fn plain_smtp_delivers_and_matches_the_blocking_runtime() {
                   RCPT TO:<bob@example.net>\r\nDATA\r\n";
     let text = "Subject: plain\r\n\r\nhello\r\n..stuffed\r\n.\r\nQUIT\r\n";
     let converse = |server: &Server| {
-        let mut stream = TcpStream::connect(server.address("smtp")).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut stream = connect(server);
         let mut got = read_reply(&mut stream);
         for line in script.split_inclusive("\r\n") {
             stream.write_all(line.as_bytes()).unwrap();
@@ -74,10 +71,7 @@ fn a_pipelined_conversation_with_a_large_message_matches_the_blocking_runtime() 
          NOOP\r\nQUIT\r\n"
     );
     let converse = |server: &Server| {
-        let mut stream = TcpStream::connect(server.address("smtp")).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut stream = connect(server);
         let mut writer = stream.try_clone().unwrap();
         let script = script.clone();
         // Written from another thread: the replies must be read while the text goes out.
@@ -153,14 +147,7 @@ fn text_held_back_between_pauses_is_stored_whole_and_a_message_cut_off_is_not() 
 #[test]
 fn starttls_then_auth_then_a_message() {
     let mut server = Server::start("smol", "");
-    let mut plain = TcpStream::connect(server.address("smtp")).unwrap();
-    plain
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert_eq!(
-        read_reply(&mut plain),
-        "220 mail.example.net ESMTP tern\r\n"
-    );
+    let mut plain = greeted(&server);
     // Anything pipelined behind STARTTLS is thrown away, never executed.
     plain
         .write_all(b"EHLO client.example\r\nSTARTTLS\r\nRSET\r\n")
@@ -273,14 +260,7 @@ fn lmtp_on_the_unix_socket_answers_per_recipient() {
 fn an_idle_client_times_out_and_activity_rearms_the_timer() {
     let mut server = Server::start("smol", "command_timeout = \"1s\"\n");
     let started = Instant::now();
-    let mut stream = TcpStream::connect(server.address("smtp")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert_eq!(
-        read_reply(&mut stream),
-        "220 mail.example.net ESMTP tern\r\n"
-    );
+    let mut stream = greeted(&server);
     thread::sleep(Duration::from_millis(700));
     stream.write_all(b"NOOP\r\n").unwrap();
     assert_eq!(read_reply(&mut stream), "250 2.0.0 Ok\r\n");
@@ -303,10 +283,7 @@ fn sigterm_lets_a_message_in_data_finish_and_exits_0() {
     busy.write_all(b"Subject: late\r\n\r\nfirst half\r\n")
         .unwrap();
 
-    let mut idle = TcpStream::connect(server.address("smtp")).unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert_eq!(read_reply(&mut idle), "220 mail.example.net ESMTP tern\r\n");
+    let mut idle = greeted(&server);
 
     server.signal("TERM");
     // The idle session is told at once; its 421 proves the stop reached the sessions.
@@ -356,18 +333,8 @@ fn a_failed_auth_is_answered_after_the_delay_and_pipelined_input_waits() {
 #[test]
 fn connections_beyond_the_limit_get_421_and_are_closed() {
     let mut server = Server::start("smol", "connections = 1\n");
-    let mut first = TcpStream::connect(server.address("smtp")).unwrap();
-    first
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert_eq!(
-        read_reply(&mut first),
-        "220 mail.example.net ESMTP tern\r\n"
-    );
-    let mut second = TcpStream::connect(server.address("smtp")).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut first = greeted(&server);
+    let mut second = connect(&server);
     assert_eq!(
         read_to_end(&mut second),
         "421 4.7.0 mail.example.net Error: too many connections\r\n"
@@ -391,10 +358,7 @@ fn connections_beyond_the_limit_get_421_and_are_closed() {
     assert_eq!(read_to_end(&mut first), "221 2.0.0 Bye\r\n");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut again = TcpStream::connect(server.address("smtp")).unwrap();
-        again
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut again = connect(&server);
         let reply = read_reply(&mut again);
         if reply.starts_with("220 ") {
             break;
@@ -584,16 +548,28 @@ path = "{root}/lmtp.sock"
 
 /// One whole reply, continuation lines included, read a byte at a time so that nothing of
 /// the next reply is taken.
-/// A connection to the smtp listener, past HELO, MAIL, RCPT and DATA's 354.
-fn open_in_data(server: &Server) -> TcpStream {
-    let mut stream = TcpStream::connect(server.address("smtp")).unwrap();
+/// A connection to the smtp listener, with a read timeout.
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(server.address("smtp")).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    stream
+}
+
+/// A connection to the smtp listener, past its 220 greeting.
+fn greeted(server: &Server) -> TcpStream {
+    let mut stream = connect(server);
     assert_eq!(
         read_reply(&mut stream),
         "220 mail.example.net ESMTP tern\r\n"
     );
+    stream
+}
+
+/// A connection to the smtp listener, past HELO, MAIL, RCPT and DATA's 354.
+fn open_in_data(server: &Server) -> TcpStream {
+    let mut stream = greeted(server);
     for (command, reply) in [
         ("HELO client.example\r\n", "250 mail.example.net\r\n"),
         ("MAIL FROM:<alice@example.org>\r\n", "250 2.1.0 Ok\r\n"),
